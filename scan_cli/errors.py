@@ -1,0 +1,13 @@
+"""Errors the CLI turns into one-line messages instead of tracebacks."""
+
+
+class ScanError(Exception):
+    """A handled failure. The message is one line that names the fix. Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(ScanError):
+    """The command line itself is wrong (bad flag value, contradictory options). Exit code 2."""
+
+    exit_code = 2
