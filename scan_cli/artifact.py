@@ -1,0 +1,200 @@
+"""``model.safetensors``: the whole SCAN model plus JSON metadata. Nothing is ever unpickled.
+
+Metadata keys (all JSON strings): format, format_version, scan_cli_version, backbone
+({id, provider, distribution, version, build_kwargs}), split_points, head, num_classes, classes,
+data_config, input_size, and optionally recipe, calibration, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .errors import ScanError
+
+FORMAT = "scan-model"
+FORMAT_VERSION = 1
+OPTIONAL_KEYS = ("recipe", "calibration", "metrics")
+
+
+@dataclass
+class ArtifactInfo:
+    """Everything about a SCAN model except its tensors."""
+
+    backbone_id: str
+    provider: str
+    split_points: list[dict]
+    head: dict
+    classes: list[str]
+    data_config: dict
+    input_size: int
+    provider_distribution: str = ""
+    provider_version: str = ""
+    build_kwargs: dict = field(default_factory=dict)
+    recipe: Optional[dict] = None
+    calibration: Optional[dict] = None
+    metrics: Optional[dict] = None
+    scan_cli_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_metadata(self) -> dict[str, str]:
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "scan_cli_version": __version__,
+            "backbone": json.dumps({"id": self.backbone_id, "provider": self.provider,
+                                    "distribution": self.provider_distribution, "version": self.provider_version,
+                                    "build_kwargs": self.build_kwargs}),
+            "split_points": json.dumps(self.split_points),
+            "head": json.dumps(self.head),
+            "num_classes": str(self.num_classes),
+            "classes": json.dumps(self.classes),
+            "data_config": json.dumps(self.data_config),
+            "input_size": str(self.input_size),
+        }
+        for key in OPTIONAL_KEYS:
+            if getattr(self, key) is not None:
+                meta[key] = json.dumps(getattr(self, key))
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> "ArtifactInfo":
+        if meta.get("format") != FORMAT:
+            raise ScanError(f"{path} is not a scan model (no '{FORMAT}' metadata): point --run at a folder written by 'scan fit'")
+        version = int(meta.get("format_version", "0"))
+        if version != FORMAT_VERSION:
+            raise ScanError(
+                f"{path} has artifact format {version}, this scan_cli {__version__} reads format {FORMAT_VERSION}: "
+                f"install the scan_cli version that wrote it ({meta.get('scan_cli_version', '?')}) or retrain"
+            )
+        try:
+            backbone = json.loads(meta["backbone"])
+            return cls(
+                backbone_id=backbone["id"], provider=backbone["provider"],
+                provider_distribution=backbone.get("distribution", ""), provider_version=backbone.get("version", ""),
+                build_kwargs=backbone.get("build_kwargs", {}),
+                split_points=json.loads(meta["split_points"]), head=json.loads(meta["head"]),
+                classes=json.loads(meta["classes"]), data_config=json.loads(meta["data_config"]),
+                input_size=int(meta["input_size"]), scan_cli_version=meta.get("scan_cli_version", ""),
+                **{k: json.loads(meta[k]) for k in OPTIONAL_KEYS if k in meta},
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ScanError(f"{path} has damaged metadata ({exc}): re-run 'scan fit' to write it again") from None
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save(model, info: ArtifactInfo, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    model_to_save = getattr(model, "module", model)  # unwrap DDP
+    atomic_write(Path(path), lambda tmp: save_model(model_to_save, str(tmp), metadata=info.to_metadata()))
+
+
+def read_info(path: Path) -> ArtifactInfo:
+    """Read only the metadata (fast: the header, not the tensors)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ScanError(f"no model at {path}: run 'scan fit' first or pass --run DIR")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ScanError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): re-run 'scan fit'") from None
+    return ArtifactInfo.from_metadata(meta, path)
+
+
+def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
+    """Rewrite the artifact with new optional metadata (e.g. calibration), atomically."""
+    from safetensors.torch import load_file, save_file
+
+    info = read_info(path)
+    for key, value in fields.items():
+        if key not in OPTIONAL_KEYS:
+            raise KeyError(key)
+        setattr(info, key, value)
+    tensors = load_file(str(path))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=info.to_metadata()))
+    return info
+
+
+def load(path: Path, registry=None, device="cpu"):
+    """Rebuild the model from its backbone provider and load the tensors. Returns (model, info)."""
+    from safetensors.torch import load_model
+
+    from .model import HeadConfig, build_scan_model
+    from .registry import default_registry
+
+    path = Path(path)
+    info = read_info(path)
+    registry = registry or default_registry()
+    try:
+        spec = registry.get(info.backbone_id)
+    except ScanError:
+        raise ScanError(
+            f"{path} needs backbone '{info.backbone_id}' from provider '{info.provider}' "
+            f"({info.provider_distribution or 'unknown package'} {info.provider_version}), which is not installed: "
+            f"pip install {info.provider_distribution or 'the plugin that provides it'}"
+        ) from None
+    head = HeadConfig(**info.head)
+    modules = [s["module"] for s in info.split_points]
+    model = build_scan_model(spec, num_classes=info.num_classes, head=head, split_modules=modules,
+                             input_size=info.input_size, **info.build_kwargs)
+    from .backbones.shapes import trace_shapes
+
+    shapes = trace_shapes(model.backbone, info.input_size)
+    for sp in info.split_points:
+        c, h, _ = shapes[sp["module"]]
+        if c != sp["channels"]:
+            raise ScanError(
+                f"backbone '{info.backbone_id}' now gives {c} channels at {sp['module']}, the artifact expects "
+                f"{sp['channels']}: install {info.provider_distribution} {info.provider_version} as used for training"
+            )
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:
+        raise ScanError(f"{path} does not match backbone '{info.backbone_id}' ({str(exc).splitlines()[0]}): retrain with 'scan fit'") from None
+    if missing or unexpected:
+        names = ", ".join((list(missing) + list(unexpected))[:3])
+        raise ScanError(
+            f"{path} does not match backbone '{info.backbone_id}' as provided by {info.provider} "
+            f"{info.provider_version} (tensors differ: {names}): install the provider version it was trained with or retrain"
+        )
+    model.to(device).eval()
+    return model, info
+
+
+def info_for(model, spec, registry, *, classes, data_config, input_size, build_kwargs=None, recipe=None) -> ArtifactInfo:
+    """Describe a freshly built ScanModel for saving."""
+    from .backbones.shapes import trace_shapes
+
+    status = registry.provider_of(spec)
+    shapes = trace_shapes(model.backbone, input_size)
+    splits = [{"module": m, "channels": shapes[m][0], "reduction": max(1, round(input_size / shapes[m][1]))}
+              for m in model.split_modules]
+    return ArtifactInfo(
+        backbone_id=spec.id, provider=spec.provider, provider_distribution=status.distribution,
+        provider_version=status.version, split_points=splits, head=model.head_config.to_dict(),
+        classes=list(classes), data_config=data_config, input_size=input_size,
+        build_kwargs=build_kwargs or {}, recipe=recipe,
+    )

@@ -1,0 +1,209 @@
+"""The SCAN model: a staged backbone plus an attention module and a shallow classifier per split.
+
+``forward`` computes every exit (training, calibration); ``early_exit`` runs section by section and
+drops each image from the batch as soon as its exit fires, so the rest of the network is really
+skipped for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .scoring import confidence
+
+
+@dataclass
+class HeadConfig:
+    """Exit-head shape. ``attention_reduction=1`` is the paper's full-width attention."""
+
+    width: int = 128  # bottleneck channels (the paper's 128)
+    attention: bool = True
+    attention_reduction: int = 8  # attention runs at channels // reduction
+
+    PRESETS = {"slim": dict(width=128, attention=True, attention_reduction=8),
+               "paper": dict(width=128, attention=True, attention_reduction=1)}
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "HeadConfig":
+        if name not in cls.PRESETS:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown head preset '{name}': use one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    """conv3x3/2 -> BN -> ReLU -> deconv4x4/2 -> BN -> sigmoid; the mask gates the exit's input."""
+
+    def __init__(self, channels: int, reduction: int = 1):
+        super().__init__()
+        mid = max(8, channels // reduction) if reduction > 1 else channels
+        self.down = nn.Sequential(nn.Conv2d(channels, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
+        self.up = nn.Sequential(nn.ConvTranspose2d(mid, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        mask = self.up(self.down(x))
+        # odd sizes: the deconv gives 2 * ceil(H / 2) = H + 1, crop back
+        mask = mask[..., : x.shape[-2], : x.shape[-1]]
+        return x * torch.sigmoid(mask)
+
+
+class ExitHead(nn.Module):
+    """1x1 reduce -> strided conv down to the last stage's resolution -> 1x1 expand -> pool -> linear."""
+
+    def __init__(self, in_channels: int, width: int, stride: int, out_channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, stride, stride, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(out_channels, num_classes)
+
+    def forward(self, x, return_feature: bool = False):
+        feature = F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+        logits = self.fc(feature)
+        return (logits, feature) if return_feature else logits
+
+
+class EarlyExitOutput(NamedTuple):
+    logits: torch.Tensor  # [B, C] the logits each image was answered with
+    exit_index: torch.Tensor  # [B] long, the exit that answered
+    confidence: torch.Tensor  # [B] score of the answering exit
+
+
+class ScanModel(nn.Module):
+    def __init__(self, backbone, split_modules: list[str], num_classes: int, head: HeadConfig, shapes: dict):
+        """``shapes`` comes from ``backbones.shapes.trace_shapes`` (a dry-run forward)."""
+        super().__init__()
+        unknown = [m for m in split_modules if m not in backbone.unit_names]
+        if unknown:
+            from .errors import UsageError
+
+            raise UsageError(
+                f"split point(s) {', '.join(unknown)} are not units of this backbone: choose from {', '.join(backbone.unit_names[:-1])}"
+            )
+        order = [backbone.unit_names.index(m) for m in split_modules]
+        if order != sorted(set(order)) or order[-1] == len(backbone.unit_names) - 1:
+            from .errors import UsageError
+
+            raise UsageError("split points must be distinct, in execution order, and before the last unit")
+        self.backbone = backbone
+        self.split_modules = list(split_modules)
+        self.head_config = head
+        self.num_classes = num_classes
+        # sections: units up to and including each split, then the rest of the backbone
+        bounds = [-1] + order + [len(backbone.unit_names) - 1]
+        self.sections = [backbone.unit_names[a + 1: b + 1] for a, b in zip(bounds[:-1], bounds[1:])]
+        final_c, final_h, _ = shapes["__final__"]
+        expand = shapes["__pre_logits__"]
+        self.attentions = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for m in split_modules:
+            c, h, _ = shapes[m]
+            stride = max(1, round(h / final_h))
+            self.attentions.append(Attention(c, head.attention_reduction) if head.attention else nn.Identity())
+            self.heads.append(ExitHead(c, head.width, stride, expand, num_classes))
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.split_modules) + 1
+
+    # -- pieces (also used by the profiler) ---------------------------------------------------
+    def stem(self, x):
+        return self.backbone.forward_stem(x)
+
+    def section(self, k: int, h):
+        for name in self.sections[k]:
+            h = self.backbone.forward_unit(name, h)
+        return h
+
+    def exit_logits(self, k: int, h, return_feature: bool = False):
+        if k < len(self.heads):
+            fmap = self.attentions[k](self.backbone.to_feature_map(h))
+            return self.heads[k](fmap, return_feature=return_feature)
+        post = self.backbone.forward_post(h)
+        if not return_feature:
+            return self.backbone.forward_head(post)
+        feature = self.backbone.forward_head(post, pre_logits=True)
+        return self.backbone.classify(feature), feature
+
+    # -- full forward: every exit ---------------------------------------------------------------
+    def forward(self, x, return_features: bool = False):
+        h = self.stem(x)
+        logits, features = [], []
+        for k in range(self.num_exits):
+            h = self.section(k, h)
+            out = self.exit_logits(k, h, return_feature=return_features)
+            if return_features:
+                logits.append(out[0])
+                features.append(out[1])
+            else:
+                logits.append(out)
+        return (logits, features) if return_features else logits
+
+    # -- real early exit ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def early_exit(self, x, thresholds: list[Optional[float]], score: str = "max_softmax",
+                   fallback: str = "last") -> EarlyExitOutput:
+        """Answer each image at the first exit whose confidence >= its threshold.
+
+        Images that fire leave the batch; only the rest run the next section. ``thresholds`` has
+        one entry per shallow exit (a K-th entry, if given, is ignored: the last exit always
+        answers); ``None`` or ``inf`` means the exit never fires. ``fallback='ensemble'`` answers
+        images that reach the end with the mean of all exits' logits (the paper's choice)."""
+        batch = x.shape[0]
+        K = self.num_exits
+        out_logits = x.new_empty((batch, self.num_classes), dtype=torch.float32)
+        out_exit = torch.full((batch,), K - 1, dtype=torch.long, device=x.device)
+        out_conf = x.new_empty((batch,), dtype=torch.float32)
+        active = torch.arange(batch, device=x.device)
+        running_sum = None
+        h = self.stem(x)
+        for k in range(K):
+            h = self.section(k, h)
+            logits = self.exit_logits(k, h).float()
+            if fallback == "ensemble":
+                running_sum = logits if running_sum is None else running_sum + logits
+            if k == K - 1:
+                final = running_sum / K if fallback == "ensemble" else logits
+                out_logits[active] = final
+                out_conf[active] = confidence(final, score)
+                break
+            t = thresholds[k] if k < len(thresholds) else None
+            if t is None or t == float("inf"):
+                continue
+            conf = confidence(logits, score)
+            fire = conf >= t
+            if fire.any():
+                idx = active[fire]
+                out_logits[idx] = logits[fire]
+                out_exit[idx] = k
+                out_conf[idx] = conf[fire]
+                keep = ~fire
+                active, h = active[keep], h[keep]
+                if running_sum is not None:
+                    running_sum = running_sum[keep]
+                if active.numel() == 0:
+                    break
+        return EarlyExitOutput(out_logits, out_exit, out_conf)
+
+
+def build_scan_model(spec, *, num_classes: int, head: HeadConfig, split_modules: Optional[list[str]] = None,
+                     pretrained: bool = False, input_size: Optional[int] = None, **build_kwargs):
+    """Build the backbone from its spec, measure shapes with a dry run, attach the exits."""
+    from .backbones.shapes import trace_shapes
+
+    backbone = spec.build(num_classes=num_classes, pretrained=pretrained, **build_kwargs)
+    modules = split_modules or [s.module for s in spec.split_points]
+    size = input_size or spec.input_size
+    shapes = trace_shapes(backbone, size)
+    return ScanModel(backbone, modules, num_classes, head, shapes)
