@@ -1,0 +1,3 @@
+from scan_cli.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""The `scan` command line: assembles the commands and turns errors into one-line messages.
+
+Each command module only parses flags and calls plain functions from the domain modules. Heavy
+imports (torch, timm) happen inside commands, so `scan --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import ScanError
+from . import backbones, plugins
+
+app = typer.Typer(
+    name="scan",
+    help="Make a timm image classifier cheaper: train SCAN early exits, calibrate them, run them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"scan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
+    """Results go to stdout (a table, or JSON with --json); progress and warnings go to stderr."""
+
+
+app.add_typer(backbones.app, name="backbones")
+app.command("plugins")(plugins.plugins_command)
+
+for _name in ("fit", "calibrate", "evaluate", "profile", "predict"):
+    try:  # commands land one by one; a missing module must not break the others
+        _mod = __import__(f"scan_cli.cli.{_name}", fromlist=["register"])
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"scan_cli.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv=None) -> None:
+    """Console-script entry point. Exit codes: 0 ok, 1 handled error, 2 usage error."""
+    from ._output import setup_logging
+
+    setup_logging()
+    debug = os.environ.get("SCAN_DEBUG") == "1"
+    try:
+        app(args=argv, prog_name="scan")
+    except ScanError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure still gets one line
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        sys.stderr.write(f"error: {type(exc).__name__}: {first} (set SCAN_DEBUG=1 for the traceback)\n")
+        sys.exit(1)

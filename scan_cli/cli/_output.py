@@ -1,0 +1,51 @@
+"""Output conventions shared by every command: results on stdout, people-facing text on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def print_json(obj) -> None:
+    """One JSON document on stdout (scripts pipe it)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(obj):
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def info(message: str) -> None:
+    stderr_console().print(message, highlight=False)
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record):
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        sys.stderr.write(f"{prefix}{record.getMessage()}\n")
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("scan_cli")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
