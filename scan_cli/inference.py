@@ -1,0 +1,83 @@
+"""Running a SCAN model over data: every exit's logits (cached per artifact) for calibrate/evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+from .runs import CACHE_DIR
+
+
+def artifact_fingerprint(model_file: Path) -> str:
+    """sha256 of the tensors part of the artifact: calibration metadata changes don't invalidate caches."""
+    import json
+    import struct
+
+    with open(model_file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = None):
+    """All exits' logits for every item of ``loader``: (logits [n, K, C] float32, labels [n] long)."""
+    import torch
+
+    from .progress import track
+
+    model.eval()
+    all_logits, all_labels = [], []
+    with torch.no_grad():
+        for images, labels in track(loader, description=progress or "exits", total=_len(loader)):
+            outs = model(images.to(device, non_blocking=True))
+            all_logits.append(torch.stack([o.float() for o in outs], dim=1).cpu())
+            all_labels.append(labels.cpu())
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _len(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
+    """Exit logits for a split, computed once per artifact and stored in run_dir/cache/."""
+    from safetensors.torch import load_file, save_file
+
+    from .artifact import atomic_write
+    from .runs import model_path
+
+    fingerprint = artifact_fingerprint(model_path(run_dir))
+    cache = Path(run_dir) / CACHE_DIR / f"{split}-outputs-{fingerprint}.safetensors"
+    if cache.is_file():
+        tensors = load_file(str(cache))
+        return tensors["logits"], tensors["labels"]
+    logits, labels = collect_exit_outputs(model, make_loader(), device=device, progress=f"{split} exits")
+    atomic_write(cache, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
+                                              str(tmp), metadata={"artifact": fingerprint, "split": split}))
+    return logits, labels
+
+
+def exit_correctness(logits, labels, score: str = "max_softmax", fallback: str = "last"):
+    """numpy (scores [n, K], correct [n, K]) for the calibration search.
+
+    Column K-1 of ``correct`` is the answer an image gets when it reaches the end: the last
+    exit's prediction, or the mean of all exits' logits with fallback='ensemble'."""
+    import torch
+
+    from .scoring import confidence
+
+    n, K, _ = logits.shape
+    scores = torch.stack([confidence(logits[:, k], score) for k in range(K)], dim=1)
+    preds = logits.argmax(dim=-1)
+    if fallback == "ensemble":
+        preds[:, K - 1] = logits.mean(dim=1).argmax(dim=-1)
+    correct = preds == labels[:, None]
+    return scores.numpy(), correct.numpy()
