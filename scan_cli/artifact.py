@@ -158,8 +158,14 @@ def load(path: Path, registry=None, device="cpu"):
         ) from None
     head = HeadConfig(**info.head)
     modules = [s["module"] for s in info.split_points]
-    model = build_scan_model(spec, num_classes=info.num_classes, head=head, split_modules=modules,
-                             input_size=info.input_size, **info.build_kwargs)
+    try:
+        model = build_scan_model(spec, num_classes=info.num_classes, head=head, split_modules=modules,
+                                 input_size=info.input_size, **info.build_kwargs)
+    except ScanError as exc:  # the provider's backbone changed under the artifact
+        raise ScanError(
+            f"{path} does not match backbone '{info.backbone_id}' as provided now by {spec.provider} ({exc}): "
+            f"install {info.provider_distribution} {info.provider_version} as used for training, or retrain"
+        ) from None
     from .backbones.shapes import trace_shapes
 
     shapes = trace_shapes(model.backbone, info.input_size)

@@ -1,0 +1,111 @@
+"""Artifact: round trip, metadata, atomic updates, refusal of tampered or mismatched files."""
+
+import json
+
+import pytest
+import torch
+
+from scan_cli import artifact
+from scan_cli.errors import ScanError
+from scan_cli.model import HeadConfig, build_scan_model
+from scan_cli.registry import default_registry
+
+
+@pytest.fixture
+def saved(tmp_path):
+    reg = default_registry()
+    spec = reg.get("test_resnet")
+    torch.manual_seed(0)
+    model = build_scan_model(spec, num_classes=3, head=HeadConfig(), input_size=64).eval()
+    info = artifact.info_for(model, spec, reg, classes=["cat", "dog", "eel"],
+                             data_config={"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3},
+                             input_size=64, recipe={"epochs": 1})
+    path = tmp_path / "model.safetensors"
+    artifact.save(model, info, path)
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs(saved):
+    model, path = saved
+    loaded, info = artifact.load(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            assert torch.equal(a, b)
+    assert info.classes == ["cat", "dog", "eel"]
+    assert [s["module"] for s in info.split_points] == ["layer1", "layer2", "layer3"]
+    assert info.recipe == {"epochs": 1}
+    assert info.provider == "timm" and info.provider_distribution == "scan-cli"
+
+
+def test_metadata_is_json_strings(saved):
+    from safetensors import safe_open
+
+    _, path = saved
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "scan-model" and meta["format_version"] == "1"
+    assert json.loads(meta["split_points"])[0]["channels"] == 32
+    assert json.loads(meta["data_config"])["input_size"] == [3, 64, 64]
+
+
+def test_update_metadata_keeps_tensors(saved):
+    model, path = saved
+    artifact.update_metadata(path, calibration={"thresholds": [0.9, 0.8, 0.7, None]})
+    loaded, info = artifact.load(path)
+    assert info.calibration["thresholds"][0] == 0.9
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded(x)[0])
+    assert not list(path.parent.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_tampered_file_is_refused(saved):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0xFF  # break the header length
+    path.write_bytes(bytes(data))
+    with pytest.raises(ScanError, match="not a readable safetensors"):
+        artifact.load(path)
+
+
+def test_wrong_format_version_names_the_fix(saved):
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    info = artifact.read_info(path)
+    meta = info.to_metadata() | {"format_version": "99"}
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(ScanError, match="format 99"):
+        artifact.load(path)
+
+
+def test_mismatched_backbone_is_refused(saved):
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    meta = artifact.read_info(path).to_metadata()
+    meta["backbone"] = json.dumps(json.loads(meta["backbone"]) | {"id": "test_efficientnet"})
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(ScanError, match="does not match|channels"):
+        artifact.load(path)
+
+
+def test_unknown_backbone_names_the_package(saved):
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    meta = artifact.read_info(path).to_metadata()
+    meta["backbone"] = json.dumps({"id": "mystery_net", "provider": "foo", "distribution": "scan-foo", "version": "1.0"})
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(ScanError, match="pip install scan-foo"):
+        artifact.load(path)
+
+
+def test_not_a_scan_file(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "x.safetensors"
+    save_file({"w": torch.zeros(1)}, str(p))
+    with pytest.raises(ScanError, match="not a scan model"):
+        artifact.read_info(p)

@@ -1,0 +1,77 @@
+"""SCAN model: attention shapes, head costs, real early exit equals the all-exits forward."""
+
+import pytest
+import torch
+
+from scan_cli.model import Attention, HeadConfig, build_scan_model
+from scan_cli.registry import default_registry
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_scan_model(default_registry().get("test_resnet"), num_classes=5, head=HeadConfig(), input_size=64).eval()
+
+
+@pytest.mark.parametrize("size", [7, 8, 13, 14])
+def test_attention_keeps_shape_for_odd_sizes(size):
+    x = torch.randn(2, 16, size, size)
+    assert Attention(16, reduction=2)(x).shape == x.shape
+
+
+def test_attention_can_be_switched_off():
+    m = build_scan_model(default_registry().get("test_resnet"), num_classes=3,
+                         head=HeadConfig(attention=False), input_size=64)
+    assert all(isinstance(a, torch.nn.Identity) for a in m.attentions)
+
+
+def test_paper_heads_are_full_width_and_slim_are_not():
+    spec = default_registry().get("test_resnet")
+    paper = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("paper"), input_size=64)
+    slim = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=64)
+    c = spec.split_points[2].channels
+    assert paper.attentions[2].down[0].out_channels == c
+    assert slim.attentions[2].down[0].out_channels < c
+
+
+def test_forward_gives_every_exit(model):
+    outs = model(torch.randn(3, 3, 64, 64))
+    assert len(outs) == model.num_exits == 4
+    assert all(o.shape == (3, 5) for o in outs)
+
+
+def test_early_exit_matches_the_cascade_rule(model):
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+    probs = [torch.softmax(o, -1).max(-1).values for o in outs]
+    # thresholds at per-exit medians: roughly half the remaining images leave at each exit
+    thresholds = [float(p.median()) for p in probs[:-1]]
+    res = model.early_exit(x, thresholds)
+    for i in range(16):
+        expected = next((k for k in range(3) if probs[k][i] >= thresholds[k]), 3)
+        assert int(res.exit_index[i]) == expected
+        assert torch.allclose(res.logits[i], outs[expected][i], atol=1e-5)
+    assert len(set(res.exit_index.tolist())) > 1
+
+
+def test_early_exit_skips_later_sections(model, monkeypatch):
+    calls = []
+    original = model.section
+
+    def spy(k, h):
+        calls.append((k, h.shape[0]))
+        return original(k, h)
+
+    monkeypatch.setattr(model, "section", spy)
+    model.early_exit(torch.randn(4, 3, 64, 64), [0.0, 0.0, 0.0])
+    assert calls == [(0, 4)]  # everyone left at exit 1: no later section ran
+
+
+def test_ensemble_fallback_is_mean_of_exits(model):
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+    res = model.early_exit(x, [None, None, None], fallback="ensemble")
+    assert torch.allclose(res.logits, torch.stack(outs).mean(0), atol=1e-5)
