@@ -1,0 +1,160 @@
+"""Finding and decoding image files for `scan predict`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scan_cli.errors import ScanError
+from scan_cli.images import IMAGE_EXTENSIONS, ImageFiles, collate_images, find_images, open_rgb
+
+
+def noise(size=(24, 24), seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+def save(img, path: Path, fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return path
+
+
+def truncated_png(path: Path) -> Path:
+    buf = io.BytesIO()
+    noise((64, 64), seed=7).save(buf, "PNG")
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "imgs"
+    save(noise(seed=1), root / "b.png")
+    save(noise(seed=2), root / "a.jpg")
+    save(noise(seed=3), root / "sub" / "c.JPEG")
+    save(noise(seed=4), root / "sub" / "deeper" / "d.webp")
+    (root / "notes.txt").write_text("not an image")
+    save(noise(seed=5), root / ".hidden" / "e.png")
+    return root
+
+
+def test_extensions_cover_the_usual_formats():
+    for ext in ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"):
+        assert f".{ext}" in IMAGE_EXTENSIONS
+
+
+def test_folder_is_searched_recursively_in_sorted_order(tree):
+    found = find_images([str(tree)])
+    rel = [p.relative_to(tree).as_posix() for p in found]
+    assert rel == ["a.jpg", "b.png", "sub/c.JPEG", "sub/deeper/d.webp"]
+
+
+def test_files_folders_and_globs_are_deduplicated_in_input_order(tree):
+    found = find_images([str(tree / "b.png"), str(tree / "sub"), str(tree / "**" / "*.png"), str(tree / "a.jpg")])
+    rel = [p.relative_to(tree).as_posix() for p in found]
+    assert rel == ["b.png", "sub/c.JPEG", "sub/deeper/d.webp", "a.jpg"]
+    assert find_images([str(tree)]) == find_images([str(tree)])
+
+
+def test_glob_keeps_only_image_files_and_recurses_into_matched_folders(tree):
+    rel = [p.relative_to(tree).as_posix() for p in find_images([str(tree / "*")])]
+    assert rel == ["a.jpg", "b.png", "sub/c.JPEG", "sub/deeper/d.webp"]
+
+
+def test_an_explicit_file_is_kept_whatever_its_extension(tree):
+    assert find_images([str(tree / "notes.txt")]) == [tree / "notes.txt"]
+
+
+def test_nothing_matched_names_the_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScanError) as err:
+        find_images([str(tmp_path / "empty"), str(tmp_path / "*.png")])
+    msg = str(err.value)
+    assert "empty" in msg and "*.png" in msg and "\n" not in msg
+
+
+def test_a_missing_path_is_reported(tmp_path):
+    with pytest.raises(ScanError, match="no such file or folder"):
+        find_images([str(tmp_path / "nope.jpg")])
+
+
+def test_one_empty_input_among_good_ones_is_still_an_error(tree, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScanError, match="empty"):
+        find_images([str(tree), str(tmp_path / "empty")])
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
+def test_every_mode_decodes_to_rgb(tmp_path, mode):
+    if mode == "I;16":
+        img = Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)
+        assert img.mode.startswith("I;16")
+    else:
+        img = noise(mode=mode)
+    if mode == "P":
+        img.info["transparency"] = 0
+    path = save(img, tmp_path / ("x.tif" if mode in ("I;16", "CMYK") else "x.png"))
+    out = open_rgb(path)
+    assert out.mode == "RGB"
+    if mode == "I;16":  # rescaled, not clipped to white
+        assert 0 < np.asarray(out).mean() < 255
+
+
+def test_truncated_and_fake_images_become_errors_and_good_ones_still_load(tmp_path):
+    from torch.utils.data import DataLoader
+
+    good1 = save(noise(seed=1), tmp_path / "good1.png")
+    bad_trunc = truncated_png(tmp_path / "trunc.png")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("this is not a jpeg")
+    good2 = save(noise((10, 20), seed=2, mode="L"), tmp_path / "good2.jpg")
+    missing = tmp_path / "gone.png"
+
+    def transform(img):
+        import torchvision.transforms.functional as F
+
+        return F.to_tensor(img.resize((8, 8)))
+
+    ds = ImageFiles([good1, bad_trunc, fake, good2, missing], transform)
+    assert len(ds) == 5
+    idx, tensor, err = ds[1]
+    assert idx == 1 and tensor is None and "truncated" in err
+    idx, tensor, err = ds[2]
+    assert tensor is None and "not an image" in err
+    idx, tensor, err = ds[0]
+    assert err is None and tuple(tensor.shape) == (3, 8, 8)
+
+    loader = DataLoader(ds, batch_size=5, collate_fn=collate_images)
+    (indices, images, errors), = list(loader)
+    assert indices == [0, 3]
+    assert tuple(images.shape) == (2, 3, 8, 8)
+    assert [i for i, _ in errors] == [1, 2, 4]
+    assert all(isinstance(e, str) and e for _, e in errors)
+
+
+def test_default_transform_gives_unit_range_tensors(tmp_path):
+    ds = ImageFiles([save(noise((5, 7)), tmp_path / "a.png")])
+    _, t, err = ds[0]
+    assert err is None and tuple(t.shape) == (3, 7, 5)
+    assert 0.0 <= float(t.min()) and float(t.max()) <= 1.0
+
+
+def test_transform_failure_is_reported_not_raised(tmp_path):
+    def broken(img):
+        raise RuntimeError("boom")
+
+    _, t, err = ImageFiles([save(noise(), tmp_path / "a.png")], broken)[0]
+    assert t is None and "boom" in err
+
+
+def test_collate_with_only_bad_images():
+    indices, images, errors = collate_images([(0, None, "bad"), (1, None, "worse")])
+    assert indices == [] and images is None and errors == [(0, "bad"), (1, "worse")]
