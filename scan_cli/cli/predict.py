@@ -1,0 +1,94 @@
+"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.prediction)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+HELP = """Predict image files with real early exit: each image leaves the network at the first exit
+that is confident enough, so easy images cost a fraction of the full backbone.
+
+INPUTS are image files, folders (searched recursively) or glob patterns ('photos/**/*.jpg').
+The run's own eval preprocessing and calibrated thresholds are used; --target-acc or --thresholds
+override the thresholds for this call only.
+
+Output: a table on stdout (exits shown as 1/4 .. 4/4), or with --json one document
+{"predictions": [...], "errors": [{"path", "error"}], "summary": {...}} where each prediction has
+path, label, class_index, confidence (probability of the label), score (the exit rule's score),
+exit (1-based), exit_index (0-based), num_exits, macs (MACs spent on that image) and top_k
+([{label, probability}]). A summary (exit shares, average MACs vs the plain backbone, images/s)
+goes to stderr.
+
+Exit codes: 0 every image predicted; 3 some files could not be read (listed in errors) but at
+least one was predicted; 1 no image could be read, or an error (e.g. nothing matched INPUTS);
+2 bad flags."""
+
+
+def predict_command(
+    inputs: List[str] = typer.Argument(..., metavar="INPUTS", help="Image files, folders or glob patterns."),
+    run: Optional[str] = typer.Option(None, "--run", help="Run folder (or its model.safetensors); default: runs/latest."),
+    target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Calibrate for this validation accuracy (fraction, e.g. 0.95) for this call only; not saved."),
+    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="One threshold per shallow exit (K-1 values), e.g. 0.9,0.8,0.95; 'none' or 'inf' = never exit there."),
+    score: Optional[str] = typer.Option(None, "--score", help="Confidence score: max_softmax, margin or neg_entropy (default: the calibration's)."),
+    fallback: Optional[str] = typer.Option(None, "--fallback", help="Answer of images no exit took: last or ensemble (default: the calibration's)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Also report the K most likely labels with their probabilities."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: min(4, CPUs - 1); 0 = in this process)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
+):
+    from ..prediction import predict, summary_lines, write_csv
+    from ._output import info, print_json
+
+    report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
+                     batch_size=batch_size, workers=workers, device=device, top_k=top_k)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_table(report, top_k)
+    if csv_path is not None:
+        write_csv(report, csv_path, top_k=top_k)
+    for e in report.errors:
+        sys.stderr.write(f"warning: {e['path']}: {e['error']}\n")
+    for line in summary_lines(report.summary):
+        info(line)
+    if csv_path is not None:
+        info(f"wrote {csv_path}")
+    code = report.exit_code
+    if code == 1:
+        sys.stderr.write(f"error: none of the {len(report.errors)} image file(s) could be read: see the errors above\n")
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_table(report, top_k: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..prediction import format_macs
+    from ._output import stdout_console
+
+    table = Table(title="predictions")
+    table.add_column("path", overflow="fold", ratio=3)
+    table.add_column("label", overflow="fold", ratio=2)
+    for col in ("confidence", "exit", "MACs"):
+        table.add_column(col, justify="left" if col == "exit" else "right", no_wrap=True)
+    if top_k > 1:
+        table.add_column(f"top {top_k}", ratio=2)
+    for p in report.predictions:
+        row = [escape(p.path), escape(p.label), f"{p.confidence:.3f}", f"{p.exit}/{p.num_exits}", format_macs(p.macs)]
+        if top_k > 1:
+            row.append(", ".join(f"{escape(t['label'])} {t['probability']:.3f}" for t in p.top_k))
+        table.add_row(*row)
+    for e in report.errors:
+        row = [escape(e["path"]), f"[red]error: {escape(e['error'])}[/red]", "", "", ""] + ([""] if top_k > 1 else [])
+        table.add_row(*row)
+    stdout_console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict", help=HELP)(predict_command)

@@ -1,0 +1,371 @@
+"""Early-exit prediction on image files: what `scan predict` runs.
+
+The images go through the run's own eval preprocessing, in batches, decoded in parallel by a
+DataLoader over ``images.ImageFiles``; each batch goes through ``ScanModel.early_exit``, which
+drops an image from the batch as soon as an exit fires, so the rest of the network is really
+skipped for it. Files that cannot be decoded become entries of ``errors``; they never stop a run.
+
+Exit numbering: ``exit_index`` is 0-based (0 .. K-1) as everywhere in the code; ``exit`` is the
+1-based number people read ("2/4" is exit 2, ``exit_index`` 1).
+
+Nothing here imports torch at module level and nothing prints: the CLI formats the report, and
+notes for people (e.g. "this run is not calibrated") go to the ``scan_cli`` logger (stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import ScanError, UsageError
+
+log = logging.getLogger(__name__)
+
+NEVER = ("none", "inf", "+inf", "never", "-")
+FALLBACKS = ("last", "ensemble")
+
+
+# -- which thresholds ------------------------------------------------------------------------------
+@dataclass
+class ExitPolicy:
+    """The exit rule one prediction call uses."""
+
+    thresholds: list  # K-1 entries, one per shallow exit; None = that exit never fires
+    score: str = "max_softmax"
+    fallback: str = "last"
+    source: str = "calibration"  # where the thresholds came from, for the summary
+
+    def to_dict(self) -> dict:
+        return {"thresholds": list(self.thresholds), "score": self.score, "fallback": self.fallback,
+                "source": self.source}
+
+
+def parse_thresholds(text: str, num_exits: int) -> list:
+    """'0.9,0.8,none' -> [0.9, 0.8, None]: one value per shallow exit (K-1 of them).
+
+    ``none``/``inf``/``never`` mean the exit never fires. A K-th value is accepted only when it
+    is one of those (the last exit always answers)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == num_exits and parts[-1].lower() in NEVER:
+        parts = parts[:-1]
+    if len(parts) != num_exits - 1:
+        raise UsageError(
+            f"--thresholds needs {num_exits - 1} comma-separated values (one per shallow exit of this "
+            f"{num_exits}-exit model), got {len(parts)}: e.g. --thresholds {','.join(['0.9'] * (num_exits - 1))}"
+        )
+    values = []
+    for p in parts:
+        if p.lower() in NEVER:
+            values.append(None)
+            continue
+        try:
+            v = float(p)
+        except ValueError:
+            raise UsageError(f"--thresholds: '{p}' is not a number: use numbers, or 'none' for an exit that never fires") from None
+        if math.isnan(v):
+            raise UsageError("--thresholds: nan is not a threshold: use a number or 'none'")
+        values.append(None if v == math.inf else v)
+    return values
+
+
+def _shallow(thresholds, num_exits: int) -> list:
+    """A calibration's K entries (the last None) -> the K-1 shallow ones, inf -> None."""
+    values = list(thresholds or [])[: num_exits - 1]
+    values += [None] * (num_exits - 1 - len(values))
+    return [None if v is None or (isinstance(v, float) and math.isinf(v) and v > 0) else float(v) for v in values]
+
+
+def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str] = None,
+                target_acc: Optional[float] = None, score: Optional[str] = None,
+                fallback: Optional[str] = None) -> ExitPolicy:
+    """The thresholds for one call: explicit ``thresholds`` > a fresh ``target_acc`` calibration
+    (not saved) > the artifact's calibration > none (every image answered by the last exit)."""
+    from .scoring import SCORES
+
+    if thresholds is not None and target_acc is not None:
+        raise UsageError("--thresholds and --target-acc both choose the thresholds: pass only one")
+    if score is not None and score not in SCORES:
+        raise UsageError(f"unknown score '{score}': use one of {', '.join(SCORES)}")
+    if fallback is not None and fallback not in FALLBACKS:
+        raise UsageError(f"unknown fallback '{fallback}': use one of {', '.join(FALLBACKS)}")
+    cal = info.calibration or None
+    if thresholds is not None:
+        return ExitPolicy(parse_thresholds(thresholds, num_exits),
+                          score or (cal or {}).get("score") or "max_softmax",
+                          fallback or (cal or {}).get("fallback") or "last", source="--thresholds")
+    if target_acc is not None:
+        if not 0.0 < target_acc <= 1.0:
+            raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
+        from .calibrating import calibrate_run
+
+        kwargs = {}
+        if score is not None:
+            kwargs["score"] = score
+        if fallback is not None:
+            kwargs["fallback"] = fallback
+        result = calibrate_run(run_dir, target_acc=target_acc, save=False, **kwargs)
+        return ExitPolicy(_shallow(result["thresholds"], num_exits), result.get("score") or score or "max_softmax",
+                          result.get("fallback") or fallback or "last", source=f"--target-acc {target_acc:g}")
+    if cal is None or not cal.get("thresholds"):
+        log.warning(
+            "this run is not calibrated: every image goes to the last exit (no early exit). "
+            "Run 'scan calibrate', or pass --target-acc or --thresholds"
+        )
+        return ExitPolicy([None] * (num_exits - 1), score or "max_softmax", fallback or "last", source="none (not calibrated)")
+    cal_score = cal.get("score") or "max_softmax"
+    if score is not None and score != cal_score:
+        raise UsageError(
+            f"the run's thresholds were calibrated for score '{cal_score}', not '{score}': "
+            "pass --target-acc or --thresholds together with --score"
+        )
+    return ExitPolicy(_shallow(cal["thresholds"], num_exits), cal_score, fallback or cal.get("fallback") or "last",
+                      source="calibration")
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    path: str
+    class_index: int
+    label: str
+    confidence: float  # softmax probability of `label` in the answering logits
+    score: float  # the exit rule's score at the answering exit (equals confidence for max_softmax)
+    exit_index: int  # 0-based
+    num_exits: int
+    macs: float  # cumulative MACs spent on this image (backbone up to its exit + heads on the way)
+    top_k: list = field(default_factory=list)  # [{"label", "probability"}], best first
+
+    @property
+    def exit(self) -> int:
+        return self.exit_index + 1
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "label": self.label, "class_index": self.class_index,
+                "confidence": self.confidence, "score": self.score, "exit": self.exit,
+                "exit_index": self.exit_index, "num_exits": self.num_exits, "macs": self.macs,
+                "top_k": self.top_k}
+
+
+@dataclass
+class PredictionReport:
+    predictions: list  # Prediction, in input order
+    errors: list  # {"path", "error"}, in input order
+    summary: dict
+
+    def to_dict(self) -> dict:
+        return {"predictions": [p.to_dict() for p in self.predictions], "errors": list(self.errors),
+                "summary": self.summary}
+
+    @property
+    def exit_code(self) -> int:
+        """0 all images predicted, 3 some failed (at least one predicted), 1 none predicted."""
+        if not self.errors:
+            return 0
+        return 3 if self.predictions else 1
+
+
+def default_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
+
+
+def resolve_device(device: Optional[str]):
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ScanError(f"--device {device}: CUDA is not available on this machine: use --device cpu")
+    return dev
+
+
+def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,
+                  backbone_macs: float, batch_size: int = 64, workers: int = 0, device=None,
+                  top_k: int = 1, progress: bool = True) -> PredictionReport:
+    """Early-exit predictions for image files. ``costs[k]`` is the cumulative MACs of exit k."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .images import ImageFiles, collate_images
+    from .progress import track
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: give a positive number")
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: give 0 (decode in this process) or more")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: give a positive number")
+    device = device if device is not None else torch.device("cpu")
+    K = model.num_exits
+    k_top = min(top_k, len(classes))
+    model.eval()
+    dataset = ImageFiles(paths, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_images, pin_memory=(device.type == "cuda"))
+    preds: dict[int, Prediction] = {}
+    errors: dict[int, str] = {}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        batches = track(loader, description="predict", total=len(loader)) if progress else loader
+        for indices, images, batch_errors in batches:
+            for index, error in batch_errors:
+                errors[index] = error
+            if images is None:
+                continue
+            out = model.early_exit(images.to(device, non_blocking=True), policy.thresholds, policy.score, policy.fallback)
+            probs = torch.softmax(out.logits.float(), dim=-1)
+            top_p, top_i = probs.topk(k_top, dim=-1)
+            exit_idx = out.exit_index.tolist()
+            scores = out.confidence.tolist()
+            top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+            for row, index in enumerate(indices):
+                e = exit_idx[row]
+                c = top_i[row][0]
+                preds[index] = Prediction(
+                    path=str(paths[index]), class_index=c, label=str(classes[c]), confidence=top_p[row][0],
+                    score=scores[row], exit_index=e, num_exits=K, macs=float(costs[e]),
+                    top_k=[{"label": str(classes[j]), "probability": p} for j, p in zip(top_i[row], top_p[row])],
+                )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    predictions = [preds[i] for i in sorted(preds)]
+    error_list = [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]
+    summary = summarize(predictions, len(error_list), K, costs, backbone_macs, seconds)
+    summary.update(policy=policy.to_dict(), device=str(device), batch_size=batch_size, workers=workers)
+    return PredictionReport(predictions, error_list, summary)
+
+
+def summarize(predictions: list, num_errors: int, num_exits: int, costs: list, backbone_macs: float,
+              seconds: float) -> dict:
+    n = len(predictions)
+    counts = [0] * num_exits
+    for p in predictions:
+        counts[p.exit_index] += 1
+    avg = sum(costs[k] * c for k, c in enumerate(counts)) / n if n else 0.0
+    return {
+        "images": n + num_errors,
+        "predicted": n,
+        "errors": num_errors,
+        "exit_counts": counts,
+        "exit_shares": [c / n if n else 0.0 for c in counts],
+        "exit_macs": [float(c) for c in costs],
+        "avg_macs": avg,
+        "backbone_macs": float(backbone_macs),
+        "macs_ratio": avg / backbone_macs if backbone_macs and n else None,  # < 1: cheaper than the plain backbone
+        "counted_speedup": backbone_macs / avg if avg else None,
+        "seconds": seconds,  # wall-clock of decoding + inference (model loading and profiling excluded)
+        "images_per_second": n / seconds if seconds > 0 else None,
+    }
+
+
+# -- the whole command -----------------------------------------------------------------------------
+def load_for_prediction(run: Optional[str], device=None):
+    """(run_dir, model on device, info, transform, costs, backbone_macs) for a run folder."""
+    from .artifact import load
+    from .data import eval_transform
+    from .profiling import cascade_costs
+    from .runs import CACHE_DIR, model_path, resolve_run
+
+    run_dir = resolve_run(run)
+    model, info = load(model_path(run_dir), device=device or "cpu")
+    transform = eval_transform(info.data_config, info.input_size)
+    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    return run_dir, model, info, transform, [float(c) for c in costs], float(backbone_macs)
+
+
+def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
+            target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
+            batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None,
+            top_k: int = 1, progress: bool = True) -> PredictionReport:
+    """`scan predict`: find the images, load the run, choose the thresholds, predict."""
+    from .images import find_images
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: give a positive number")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: give a positive number")
+    paths = find_images(list(inputs))
+    dev = resolve_device(device)
+    run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
+    policy = exit_policy(info, run_dir, model.num_exits, thresholds=thresholds, target_acc=target_acc,
+                         score=score, fallback=fallback)
+    report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
+                           backbone_macs=backbone_macs, batch_size=batch_size,
+                           workers=default_workers() if workers is None else workers, device=dev,
+                           top_k=top_k, progress=progress)
+    report.summary["run"] = str(run_dir)
+    return report
+
+
+def format_macs(macs: float) -> str:
+    """1.82G, 7.4M, 950.0K (multiply-accumulates, not FLOPs)."""
+    if macs >= 1e9:
+        return f"{macs / 1e9:.2f}G"
+    if macs >= 1e6:
+        return f"{macs / 1e6:.1f}M"
+    return f"{macs / 1e3:.1f}K"
+
+
+def summary_lines(summary: dict) -> list:
+    """The people-facing summary (stderr)."""
+    n, K = summary["predicted"], len(summary["exit_counts"])
+    lines = [f"predicted {n} of {summary['images']} images, {summary['errors']} error(s), in {summary['seconds']:.2f} s"
+             + (f" ({summary['images_per_second']:.1f} images/s on {summary.get('device', '?')})" if summary["images_per_second"] else "")]
+    if n:
+        shares = "  ".join(f"{k + 1}/{K}: {s * 100:.1f}%" for k, s in enumerate(summary["exit_shares"]))
+        lines.append(f"exits  {shares}")
+        lines.append(
+            f"average {format_macs(summary['avg_macs'])} MACs per image vs {format_macs(summary['backbone_macs'])} MACs "
+            f"for the plain backbone: {summary['macs_ratio']:.2f}x the cost ({summary['counted_speedup']:.2f}x fewer MACs)"
+        )
+    policy = summary.get("policy")
+    if policy:
+        ts = ", ".join("never" if t is None else f"{t:.4g}" for t in policy["thresholds"])
+        lines.append(f"thresholds {ts} (score {policy['score']}, fallback {policy['fallback']}; from {policy['source']})")
+    return lines
+
+
+def write_csv(report: PredictionReport, path: Path, top_k: int = 1) -> None:
+    """One row per input image (failed ones carry only path and error), written atomically."""
+    import csv
+
+    from .artifact import atomic_write
+
+    k = max(1, min(top_k, max((len(p.top_k) for p in report.predictions), default=1)))
+    cols = ["path", "label", "class_index", "confidence", "exit", "exit_index", "num_exits", "macs"]
+    if k > 1:
+        for i in range(1, k + 1):
+            cols += [f"top{i}_label", f"top{i}_probability"]
+    cols.append("error")
+    rows = []
+    for p in report.predictions:
+        row = {"path": p.path, "label": p.label, "class_index": p.class_index, "confidence": f"{p.confidence:.6f}",
+               "exit": p.exit, "exit_index": p.exit_index, "num_exits": p.num_exits, "macs": f"{p.macs:.0f}", "error": ""}
+        if k > 1:
+            for i, t in enumerate(p.top_k[:k], 1):
+                row[f"top{i}_label"] = t["label"]
+                row[f"top{i}_probability"] = f"{t['probability']:.6f}"
+        rows.append(row)
+    for e in report.errors:
+        rows.append({"path": e["path"], "error": e["error"]})
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=cols, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(Path(path), write)
