@@ -1,0 +1,805 @@
+"""What an exit costs: fvcore MAC counts per piece, the cascade's expected cost, measured latency.
+
+Units: fvcore counts one multiply-accumulate as one "flop"; everything here is named for what it is,
+**MACs** (GFLOPs = 2 x MACs, only where a caller asks for it). Counting uses batch size 1.
+
+The model is counted piece by piece, each piece fed the real activation of the one before it (see
+docs/ARCHITECTURE.md): the stem, every section ``model.section(k, h)``, and every exit
+``model.exit_logits(k, h)`` (attention + head for shallow exits, counted separately; the backbone's
+own post + head for the last one). From those:
+
+* ``backbone_macs``: stem + all sections + the final head (the plain network);
+* per exit, ``macs_cumulative``: what an image answered there costs in the cascade: the backbone up to
+  the split plus every shallow exit evaluated on the way, its own included (the last exit: the full
+  backbone plus all shallow exits).
+
+Nothing is silently zero. Operators are sorted into: counted (fvcore's handles plus
+``scaled_dot_product_attention`` and ``baddbmm`` added here); ``not_counted_elementwise`` (pointwise
+ops, reductions and pooling: no multiply-accumulates by the MAC convention, listed with call
+counts); ``not_counted_data_movement`` (views, reshapes, copies: no arithmetic); and
+``uncounted_ops``: anything else, which may hide real work and is reported as such.
+
+Used by ``scan profile`` and by ``scan calibrate`` (``cascade_costs``). Imports torch/fvcore only
+inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import ScanError
+
+UNITS = "MACs"
+CACHE_SCHEMA = 1  # bump when the cached report's meaning changes
+
+# Ops with no arithmetic at all (shape, memory, identity in eval).
+DATA_MOVEMENT_OPS = frozenset("""
+Int ScalarImplicit _unsafe_view alias arange as_strided cat chunk clone constant_pad_nd contiguous copy_
+detach dim dropout dropout_ alpha_dropout feature_dropout empty empty_like expand expand_as fill_ flatten
+flip full full_like gather index index_put_ index_select lift_fresh linspace masked_select movedim narrow
+new_empty new_full new_ones new_zeros nonzero numel ones ones_like pad permute pixel_shuffle pixel_unshuffle
+repeat reshape roll scalar_tensor select size slice split split_with_sizes squeeze stack t tensor tile to
+transpose type_as unbind unflatten unsqueeze unsqueeze_ view view_as zero_ zeros zeros_like
+""".split())
+
+# Pointwise ops, reductions and pooling: additions/comparisons/nonlinearities, not multiply-accumulates.
+ELEMENTWISE_OPS = frozenset("""
+__and__ __or__ abs add add_ addcmul amax amin argmax argmin avg_pool1d avg_pool2d avg_pool3d
+adaptive_max_pool1d adaptive_max_pool2d bitwise_not ceil clamp clamp_ clamp_max clamp_min cumsum div div_
+elu elu_ eq erf exp floor floor_divide ge gelu gelu_ gt hardsigmoid hardsigmoid_ hardswish hardswish_
+hardtanh hardtanh_ le leaky_relu leaky_relu_ lerp linalg_vector_norm log log_softmax logical_and
+logical_not logical_or lt masked_fill masked_fill_ max max_pool1d max_pool2d max_pool3d maximum mean min
+minimum mish mul mul_ ne neg norm pow reciprocal relu relu_ relu6 remainder round rsqrt rsub sigmoid
+sigmoid_ sign silu silu_ softmax _softmax softplus sort sqrt square std sub sub_ sum tanh tanh_ topk var
+where
+""".split())
+
+
+# -- op handles ---------------------------------------------------------------------------------
+def _shape(value) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+
+    return list(get_shape(value))
+
+
+def sdpa_macs(inputs, outputs) -> int:
+    """``aten::scaled_dot_product_attention(q, k, v, ...)``: QK^T and attn @ V.
+
+    MACs = B * heads * Lq * Lk * (Dqk + Dv), where B * heads is every leading dim of q (grouped-query
+    attention shares k/v heads but each query head still does its own products). The softmax and
+    scaling are elementwise and not counted."""
+    q, k, v = (_shape(inputs[i]) for i in range(3))
+    lead = math.prod(q[:-2])
+    lq, dqk = q[-2], q[-1]
+    lk, dv = k[-2], v[-1]
+    return int(lead * lq * lk * (dqk + dv))
+
+
+def baddbmm_macs(inputs, outputs) -> int:
+    """``aten::baddbmm(input, batch1, batch2, ...)``: the bmm part, B * N * M * P."""
+    b1, b2 = _shape(inputs[1]), _shape(inputs[2])
+    return int(b1[0] * b1[1] * b1[2] * b2[2])
+
+
+def default_handles() -> dict[str, Callable]:
+    """Handles added on top of fvcore's defaults (conv, linear, matmul, einsum, norms, ...)."""
+    return {"aten::scaled_dot_product_attention": sdpa_macs, "aten::baddbmm": baddbmm_macs}
+
+
+def classify_op(kind: str) -> str:
+    """'elementwise', 'data_movement' or 'uncounted' for an operator fvcore had no handle for."""
+    name = kind.split("::", 1)[-1]
+    if kind.startswith("aten::") and name in ELEMENTWISE_OPS:
+        return "elementwise"
+    if kind.startswith("aten::") and name in DATA_MOVEMENT_OPS:
+        return "data_movement"
+    return "uncounted"
+
+
+# -- counting one piece -------------------------------------------------------------------------
+@dataclass
+class PieceCount:
+    """fvcore's count for one piece: MACs, MACs per operator, and every operator it did not count."""
+
+    macs: int = 0
+    by_operator: Counter = field(default_factory=Counter)
+    uncounted: Counter = field(default_factory=Counter)
+    elementwise: Counter = field(default_factory=Counter)
+    data_movement: Counter = field(default_factory=Counter)
+
+    def __iadd__(self, other: "PieceCount") -> "PieceCount":
+        self.macs += other.macs
+        for name in ("by_operator", "uncounted", "elementwise", "data_movement"):
+            getattr(self, name).update(getattr(other, name))
+        return self
+
+
+def _fvcore_analysis():
+    with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
+    return FlopCountAnalysis
+
+
+class _Capture:
+    """Holds the output a piece produced while it was traced (tracing runs the real computation)."""
+
+    value = None
+
+
+def _as_module(fn, owner=None, capture: Optional[_Capture] = None):
+    import torch.nn as nn
+
+    if isinstance(fn, nn.Module) and capture is None:
+        return fn
+
+    class _Piece(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if isinstance(fn, nn.Module):
+                self.inner = fn
+            elif owner is not None:
+                self.owner = owner  # registered so the trace sees its parameters as the module's
+
+        def forward(self, *args):
+            out = fn(*args)
+            if capture is not None:
+                capture.value = out
+            return out
+
+    return _Piece()
+
+
+def count_piece(fn, *inputs, handles: Optional[dict] = None, owner=None, capture: Optional[_Capture] = None) -> PieceCount:
+    """Count one module (or callable, with ``owner`` the module it uses) on real ``inputs``.
+
+    ``handles`` replaces the extra handles (default: ``default_handles()``); pass ``{}`` for fvcore's
+    defaults only. Every operator without a handle is listed, none dropped. ``capture.value`` gets
+    the piece's output (so the next piece can be fed it without another forward)."""
+    import torch
+
+    FlopCountAnalysis = _fvcore_analysis()
+    module = _as_module(fn, owner, capture)
+    analysis = FlopCountAnalysis(module, tuple(inputs))
+    analysis.set_op_handle(**(default_handles() if handles is None else handles))
+    analysis._ignored_ops = set()  # fvcore would skip relu, view, ... silently: make them visible
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        by_op = Counter({k: int(v) for k, v in analysis.by_operator().items()})
+        skipped = analysis.unsupported_ops()
+    piece = PieceCount(macs=int(sum(by_op.values())), by_operator=by_op)
+    for kind, calls in skipped.items():
+        getattr(piece, {"elementwise": "elementwise", "data_movement": "data_movement"}.get(classify_op(kind), "uncounted"))[kind] += int(calls)
+    return piece
+
+
+def _params(module) -> int:
+    return int(sum(p.numel() for p in module.parameters())) if module is not None else 0
+
+
+def _params_touched(fn, inputs, root) -> int:
+    """Parameters of the modules under ``root`` whose forward runs in ``fn(*inputs)``."""
+    import torch
+
+    touched, handles = [], []
+    for mod in root.modules():
+        if any(True for _ in mod.parameters(recurse=False)):
+            handles.append(mod.register_forward_pre_hook(lambda m, a: touched.append(m)))
+    try:
+        with torch.no_grad():
+            fn(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    seen = {id(p): p.numel() for m in touched for p in m.parameters(recurse=False)}
+    return int(sum(seen.values()))
+
+
+# -- the report ---------------------------------------------------------------------------------
+@dataclass
+class ExitCost:
+    index: int  # 0-based
+    name: str  # "1/4"
+    split: str  # unit after which the exit sits; "final" for the backbone's own head
+    backbone_macs_to_split: int  # stem + sections 0..k
+    attention_macs: int
+    head_macs: int  # the exit head alone (the last exit: the backbone's post + head)
+    exit_macs: int  # attention + head
+    macs_cumulative: int  # answering here in the cascade
+    attention_params: int
+    head_params: int
+    params: int  # attention + head: what this exit adds (the last: the backbone's post + head)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MacReport:
+    input_size: int
+    stem_macs: int
+    section_macs: list[int]
+    exits: list[ExitCost]
+    backbone_macs: int  # stem + all sections + final head: the plain network
+    backbone_params: int
+    by_operator: dict[str, int]
+    uncounted_ops: dict[str, int]
+    not_counted_elementwise: dict[str, int]
+    not_counted_data_movement: dict[str, int]
+    backbone_id: Optional[str] = None
+    batch_size: int = 1
+    units: str = UNITS
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+    @property
+    def cumulative(self) -> list[int]:
+        return [e.macs_cumulative for e in self.exits]
+
+    @property
+    def shallow_exit_macs(self) -> int:
+        """Every shallow exit (attention + head) together: the cascade's overhead when all run."""
+        return int(sum(e.exit_macs for e in self.exits[:-1]))
+
+    @property
+    def shallow_exit_params(self) -> int:
+        return int(sum(e.params for e in self.exits[:-1]))
+
+    @property
+    def heads_overhead(self) -> float:
+        """Shallow exits' MACs as a fraction of the plain backbone's."""
+        return self.shallow_exit_macs / self.backbone_macs if self.backbone_macs else float("nan")
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["exits"] = [e.to_dict() for e in self.exits]
+        doc.update(shallow_exit_macs=self.shallow_exit_macs, shallow_exit_params=self.shallow_exit_params,
+                   heads_overhead=self.heads_overhead,
+                   not_counted_note="elementwise ops, reductions and pooling carry no multiply-accumulates by "
+                                    "the MAC convention; data movement has no arithmetic; uncounted_ops may hide work")
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "MacReport":
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in doc.items() if k in names}
+        kwargs["exits"] = [ExitCost(**e) for e in doc["exits"]]
+        return cls(**kwargs)
+
+
+def count_macs(model, input_size: int, handles: Optional[dict] = None) -> MacReport:
+    """Count a ``ScanModel`` piece by piece at batch 1 on ``input_size`` x ``input_size`` inputs.
+
+    Each piece is fed the real activation of the previous one (a forward on a random image).
+    ``handles``: extra op handles (default ``default_handles()``; ``{}`` = fvcore's defaults only)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    # batch-1 tracing gains little from threads and suffers badly when the cores are shared
+    with _threads(1):
+        try:
+            return _count_macs(model, input_size, handles)
+        finally:
+            model.train(was_training)
+
+
+def _count_macs(model, input_size: int, handles: Optional[dict]) -> MacReport:
+    import torch
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, input_size, input_size, generator=gen).to(device=device, dtype=dtype)
+    total = PieceCount()
+
+    def run(fn, *inputs):
+        capture = _Capture()
+        piece = count_piece(fn, *inputs, handles=handles, owner=model, capture=capture)
+        nonlocal total
+        total += piece
+        out = capture.value
+        if not isinstance(out, torch.Tensor):
+            with torch.no_grad():
+                out = fn(*inputs)
+        return piece.macs, out.detach()
+
+    stem_macs, h = run(model.stem, x)
+    K = model.num_exits
+    section_macs, exits = [], []
+    to_split = stem_macs
+    cumulative_heads = 0
+    for k in range(K):
+        macs, h = run(lambda t, k=k: model.section(k, t), h)
+        section_macs.append(macs)
+        to_split += macs
+        if k < K - 1:
+            with torch.no_grad():  # tokens -> map is reshaping only; kept out of the trace (shapes stay ints)
+                fmap = model.backbone.to_feature_map(h)
+            att_macs, fmap = run(model.attentions[k], fmap)
+            head_macs, _ = run(model.heads[k], fmap)
+            att_params, head_params = _params(model.attentions[k]), _params(model.heads[k])
+            name_split = model.split_modules[k]
+        else:
+            att_macs = 0
+            head_macs, _ = run(lambda t: model.exit_logits(K - 1, t), h)
+            att_params = 0
+            head_params = _params_touched(lambda t: model.exit_logits(K - 1, t), (h,), model.backbone)
+            name_split = "final"
+        cumulative_heads += att_macs + head_macs
+        exits.append(ExitCost(
+            index=k, name=f"{k + 1}/{K}", split=name_split, backbone_macs_to_split=int(to_split),
+            attention_macs=int(att_macs), head_macs=int(head_macs), exit_macs=int(att_macs + head_macs),
+            macs_cumulative=int(to_split + cumulative_heads), attention_params=att_params,
+            head_params=head_params, params=att_params + head_params))
+    backbone_macs = stem_macs + sum(section_macs) + exits[-1].exit_macs
+    return MacReport(
+        input_size=int(input_size), stem_macs=int(stem_macs), section_macs=[int(m) for m in section_macs],
+        exits=exits, backbone_macs=int(backbone_macs), backbone_params=_params(model.backbone),
+        by_operator=dict(sorted(total.by_operator.items())), uncounted_ops=dict(sorted(total.uncounted.items())),
+        not_counted_elementwise=dict(sorted(total.elementwise.items())),
+        not_counted_data_movement=dict(sorted(total.data_movement.items())),
+        backbone_id=getattr(model, "backbone_id", None),
+    )
+
+
+# -- caching ------------------------------------------------------------------------------------
+_MEMORY_CACHE: dict[tuple, MacReport] = {}
+
+
+def structure_key(model) -> str:
+    """A fingerprint of what MACs depend on: the module tree and every tensor's shape (not weights)."""
+    import torch
+
+    digest = hashlib.sha256(repr(model).encode())
+    digest.update(json.dumps(list(getattr(model, "split_modules", []))).encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> Optional[MacReport]:
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("cache_schema") != CACHE_SCHEMA:
+            return None
+        return MacReport.from_dict(doc["report"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a missing or damaged cache is recomputed
+
+
+def _write_cache(path: Path, report: MacReport) -> None:
+    from .artifact import atomic_write
+
+    text = json.dumps({"cache_schema": CACHE_SCHEMA, "report": report.to_dict()}, indent=1)
+    try:
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    except OSError:
+        pass  # a read-only run folder still gets its numbers, just not cached
+
+
+def run_cache_path(run_dir: Path, input_size: int) -> Path:
+    """``run_dir/cache/macs-<artifact fingerprint>-<size>.json``."""
+    from .inference import artifact_fingerprint
+    from .runs import CACHE_DIR, model_path
+
+    return Path(run_dir) / CACHE_DIR / f"macs-{artifact_fingerprint(model_path(run_dir))}-{int(input_size)}.json"
+
+
+def profile_macs(model, input_size: int, cache_path: Optional[Path] = None) -> MacReport:
+    """``count_macs`` once per model structure and input size (in memory, and in ``cache_path``)."""
+    if cache_path is not None:
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
+    key = (structure_key(model), int(input_size))
+    report = _MEMORY_CACHE.get(key)
+    if report is None:
+        report = count_macs(model, input_size)
+        _MEMORY_CACHE[key] = report
+    if cache_path is not None:
+        _write_cache(cache_path, report)
+    return report
+
+
+def run_macs(run_dir: Path, input_size: Optional[int] = None, model=None) -> MacReport:
+    """The MAC report of a run's artifact, cached in its ``cache/`` folder; loads the model only on a miss."""
+    from .artifact import load, read_info
+    from .runs import model_path
+
+    run_dir = Path(run_dir)
+    size = int(input_size or read_info(model_path(run_dir)).input_size)
+    path = run_cache_path(run_dir, size)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    if model is None:
+        model, _ = load(model_path(run_dir))
+    return profile_macs(model, size, cache_path=path)
+
+
+def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> tuple[list[float], float]:
+    """The costs ``scan calibrate`` weighs exits by: ``(cumulative, backbone_macs)``.
+
+    ``cumulative[k]`` is the MACs (batch 1) of answering an image at exit ``k`` in the cascade:
+    backbone up to split ``k`` plus every shallow exit on the way, its own included; the last entry is
+    the full backbone plus all shallow exits. ``backbone_macs`` is the plain network's cost, so
+    ``backbone_macs / sum(share_k * cumulative[k])`` is the counted speed-up.
+
+    ``model``: a ``ScanModel``, or a run folder (str/Path; then the result is cached in
+    ``run/cache/macs-<artifact fingerprint>-<size>.json`` and the model is loaded only on a cache miss).
+    ``input_size``: the square input side; for a run folder, default the artifact's.
+    ``cache_dir``: for a ``ScanModel``, a folder to cache in (keyed by the model's structure: MACs do
+    not depend on weights). Counting takes about a second for a ResNet-50."""
+    if isinstance(model, (str, Path)):
+        report = run_macs(Path(model), input_size)
+    else:
+        if input_size is None:
+            raise ScanError("cascade_costs needs input_size for a model (it is only implied by a run folder)")
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"macs-arch-{structure_key(model)}-{int(input_size)}.json"
+        report = profile_macs(model, int(input_size), cache_path=path)
+    return [float(c) for c in report.cumulative], float(report.backbone_macs)
+
+
+def exit_costs(model, input_size: Optional[int] = None) -> list[float]:
+    """Cumulative MACs per exit (see ``cascade_costs``) for a ``ScanModel`` or a run folder."""
+    return cascade_costs(model, input_size)[0]
+
+
+# -- expected cost from calibration -------------------------------------------------------------
+@dataclass
+class ExpectedCost:
+    macs: float  # expected MACs per image = sum_k share_k * cumulative_k
+    speedup: float  # backbone_macs / macs
+    exit_shares: list[float]
+    thresholds: list[Optional[float]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibration_error(calibration: Any, num_exits: int) -> Optional[str]:
+    """Why ``calibration`` cannot give an expected cost, or None when it can."""
+    if not isinstance(calibration, dict):
+        return "the artifact has no calibration: run 'scan calibrate' for the expected cost"
+    shares, thresholds = calibration.get("exit_shares"), calibration.get("thresholds")
+    if not isinstance(shares, list) or len(shares) != num_exits:
+        return f"the calibration has no exit_shares for {num_exits} exits: re-run 'scan calibrate'"
+    if not isinstance(thresholds, list) or len(thresholds) not in (num_exits, num_exits - 1):
+        return f"the calibration has no thresholds for {num_exits} exits: re-run 'scan calibrate'"
+    try:
+        values = [float(s) for s in shares]
+    except (TypeError, ValueError):
+        return "the calibration's exit_shares are not numbers: re-run 'scan calibrate'"
+    if any(s < 0 or not math.isfinite(s) for s in values) or abs(sum(values) - 1.0) > 1e-3:
+        return f"the calibration's exit_shares do not sum to 1 ({sum(values):.4f}): re-run 'scan calibrate'"
+    return None
+
+
+def expected_cost(report: MacReport, calibration: dict) -> ExpectedCost:
+    """Expected MACs per image under the calibrated exit shares, and the counted speed-up."""
+    problem = calibration_error(calibration, report.num_exits)
+    if problem:
+        raise ScanError(problem)
+    shares = [float(s) for s in calibration["exit_shares"]]
+    macs = float(sum(s * c for s, c in zip(shares, report.cumulative)))
+    return ExpectedCost(macs=macs, speedup=report.backbone_macs / macs if macs else float("nan"),
+                        exit_shares=shares, thresholds=list(calibration["thresholds"]))
+
+
+# -- measured latency ---------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UsageError
+
+        raise UsageError("--device cuda asked for but torch sees no CUDA device: use --device cpu")
+    return device
+
+
+def plain_backbone(model):
+    """The timm model's own forward (``model.backbone.model``), else the staged backbone."""
+    return getattr(model.backbone, "model", model.backbone)
+
+
+def run_to_exit(model, k: int, x):
+    """What an image leaving at exit ``k`` costs: stem, sections 0..k, and exits 0..k."""
+    h = model.stem(x)
+    out = None
+    for j in range(k + 1):
+        h = model.section(j, h)
+        out = model.exit_logits(j, h)
+    return out
+
+
+@dataclass
+class Timing:
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    n: int  # timed iterations
+
+    @property
+    def per_image_ms(self) -> float:
+        return self.p50_ms / self.batch_size
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "per_image_ms": self.per_image_ms}
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_call(fn, x, *, device: str, warmup: int, iters: int, max_seconds: Optional[float] = None) -> Timing:
+    """p50/p95 wall time of ``fn(x)`` over ``iters`` runs after ``warmup`` (synchronised on CUDA).
+
+    ``max_seconds`` stops early once that much time was spent timing (at least 3 runs are kept)."""
+    import time
+
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(max(0, warmup)):
+            fn(x)
+        _sync(device)
+        samples: list[float] = []
+        spent = 0.0
+        for i in range(max(1, iters)):
+            start = time.perf_counter()
+            fn(x)
+            _sync(device)
+            samples.append(time.perf_counter() - start)
+            spent += samples[-1]
+            if max_seconds is not None and spent > max_seconds and i >= 2:
+                break
+    return Timing(batch_size=int(x.shape[0]), p50_ms=_percentile(samples, 0.5) * 1e3,
+                  p95_ms=_percentile(samples, 0.95) * 1e3, n=len(samples))
+
+
+@dataclass
+class LatencyReport:
+    device: str
+    threads: int
+    warmup: int
+    iters: int
+    batch_sizes: list[int]
+    backbone: dict[int, Timing]  # batch size -> the plain timm model
+    exits: list[dict[int, Timing]]  # per exit: batch size -> running up to and including that exit
+
+    def ratio(self, k: int, batch_size: int) -> float:
+        """Exit ``k``'s p50 latency over the plain backbone's, same batch size and run."""
+        return self.exits[k][batch_size].p50_ms / self.backbone[batch_size].p50_ms
+
+    def exit_dict(self, k: int) -> dict:
+        return {"latency_ms": {str(b): t.to_dict() for b, t in self.exits[k].items()},
+                "latency_ratio": {str(b): self.ratio(k, b) for b in self.exits[k]}}
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "threads": self.threads, "warmup": self.warmup, "iters": self.iters,
+                "batch_sizes": self.batch_sizes,
+                "backbone": {str(b): t.to_dict() for b, t in self.backbone.items()},
+                "exits": [self.exit_dict(k) for k in range(len(self.exits))]}
+
+
+class _threads:
+    def __init__(self, n: Optional[int]):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(int(self.n))
+        return torch.get_num_threads()
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
+def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 32), device: str = "auto",
+                    threads: Optional[int] = None, warmup: int = 3, iters: int = 20,
+                    max_seconds: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> LatencyReport:
+    """Measured wall time per exit and for the plain backbone, on random inputs.
+
+    For each batch size: the plain timm model's own forward, and for each exit ``k`` the network run
+    up to and including exit ``k`` (stem, sections, every exit on the way): what an image leaving at
+    ``k`` costs. ``threads`` fixes ``torch.set_num_threads`` (default: torch's current, restored
+    after); ``device='auto'`` is CUDA when available. The model is moved to ``device`` and left there."""
+    import torch
+
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    plain = plain_backbone(model)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    with _threads(threads) as n_threads:
+        backbone_t: dict[int, Timing] = {}
+        exit_t: list[dict[int, Timing]] = [dict() for _ in range(model.num_exits)]
+        for b in batch_sizes:
+            x = torch.randn(int(b), 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+            if progress:
+                progress(f"timing the plain backbone at batch {b}")
+            backbone_t[int(b)] = time_call(plain, x, device=dev, warmup=warmup, iters=iters, max_seconds=max_seconds)
+            for k in range(model.num_exits):
+                if progress:
+                    progress(f"timing exit {k + 1}/{model.num_exits} at batch {b}")
+                exit_t[k][int(b)] = time_call(lambda t, k=k: run_to_exit(model, k, t), x, device=dev,
+                                              warmup=warmup, iters=iters, max_seconds=max_seconds)
+    return LatencyReport(device=dev, threads=n_threads, warmup=warmup, iters=iters,
+                         batch_sizes=[int(b) for b in batch_sizes], backbone=backbone_t, exits=exit_t)
+
+
+# -- the real cascade on validation images ------------------------------------------------------
+def validation_batches(run_dir: Path, info, batch_size: int, max_images: Optional[int] = None):
+    """``(batches, None)``: up to ``max_images`` validation images of the run's data as a list of
+    image tensors (eval preprocessing, the split ``scan fit`` held out), or ``(None, reason)``.
+
+    The data settings come from ``run_dir/recipe.json`` (written by ``scan fit``: ``data``,
+    ``val_fraction``, ``seed``), else from the recipe stored in the artifact; images are loaded with
+    ``scan_cli.data.load_data`` at the artifact's input size and batched by ``make_loader``."""
+    from .runs import RECIPE_FILE
+
+    recipe_file = Path(run_dir) / RECIPE_FILE
+    recipe = None
+    if recipe_file.is_file():
+        try:
+            recipe = json.loads(recipe_file.read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"{recipe_file} is unreadable ({type(exc).__name__}): re-run 'scan fit'"
+    elif isinstance(getattr(info, "recipe", None), dict):
+        recipe = info.recipe
+    if not isinstance(recipe, dict) or "data" not in recipe:
+        return None, f"{recipe_file} (written by 'scan fit') is missing or names no data, so the validation split is unknown"
+    try:
+        from . import data as data_mod
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.data":
+            raise
+        return None, "this scan_cli has no data module (scan_cli.data) to load validation images"
+    try:
+        splits = data_mod.load_data(recipe["data"], data_config=info.data_config, train_transform="none",
+                                    img_size=int(info.input_size), val_fraction=recipe.get("val_fraction", 0.1),
+                                    seed=recipe.get("seed", 0), splits=("val",))
+    except ScanError as exc:
+        return None, f"the run's data could not be loaded ({exc})"
+    val = getattr(splits, "val", None)
+    if val is None:
+        return None, f"data '{recipe['data']}' has no validation split"
+    loader = data_mod.make_loader(val, batch_size=batch_size, shuffle=False, num_workers=0)
+    batches, n = [], 0
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if max_images is not None and n + images.shape[0] > max_images:
+            images = images[: max_images - n]
+        if images.shape[0]:
+            batches.append(images)
+        n += int(images.shape[0])
+        if max_images is not None and n >= max_images:
+            break
+    if not batches:
+        return None, f"data '{recipe['data']}' has an empty validation split"
+    return batches, None
+
+
+@dataclass
+class CascadeTiming:
+    images: int
+    batch_size: int
+    repeats: int
+    cascade_s: float  # median over repeats of one pass over all images
+    backbone_s: float
+    measured_speedup: float  # backbone_s / cascade_s
+    observed_exit_shares: list[float]
+    threads: int
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", fallback: str = "last",
+                    device: str = "auto", threads: Optional[int] = None, warmup: int = 1,
+                    repeats: int = 3) -> CascadeTiming:
+    """Wall clock of the real cascade (``model.early_exit``) vs the plain backbone over the same
+    preloaded ``batches`` (data loading not timed); the median of ``repeats`` full passes each."""
+    import statistics
+    import time
+
+    import torch
+
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    plain = plain_backbone(model)
+    batches = [b.to(dev) for b in batches]
+    if not batches:
+        raise ScanError("no validation images to time the cascade on")
+    counts = torch.zeros(model.num_exits, dtype=torch.long)
+
+    def cascade_pass(record=False):
+        for x in batches:
+            out = model.early_exit(x, thresholds, score=score, fallback=fallback)
+            if record:
+                counts.add_(torch.bincount(out.exit_index.cpu(), minlength=model.num_exits))
+
+    def backbone_pass():
+        for x in batches:
+            plain(x)
+
+    def timed(fn):
+        _sync(dev)
+        start = time.perf_counter()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - start
+
+    with _threads(threads) as n_threads, torch.inference_mode():
+        for _ in range(max(0, warmup)):
+            model.early_exit(batches[0], thresholds, score=score, fallback=fallback)
+            plain(batches[0])
+        cascade_pass(record=True)
+        c_times, b_times = [], []
+        for _ in range(max(1, repeats)):  # interleaved so drift hits both alike
+            c_times.append(timed(cascade_pass))
+            b_times.append(timed(backbone_pass))
+    c, b = statistics.median(c_times), statistics.median(b_times)
+    n = int(sum(x.shape[0] for x in batches))
+    return CascadeTiming(images=n, batch_size=int(batches[0].shape[0]), repeats=len(c_times), cascade_s=c,
+                         backbone_s=b, measured_speedup=b / c, observed_exit_shares=(counts.float() / n).tolist(),
+                         threads=n_threads, device=dev)
+
+
+# -- model for a bare backbone id ---------------------------------------------------------------
+def build_bare_model(backbone_id: str, input_size: Optional[int] = None, heads: str = "slim",
+                     num_classes: Optional[int] = None, registry=None):
+    """A ``ScanModel`` with random weights on a backbone id (before training): the default split
+    points and the ``heads`` preset. ``num_classes``: default the model's own (timm: 1000)."""
+    from .model import HeadConfig, ScanModel, build_scan_model
+    from .registry import default_registry
+
+    spec = (registry or default_registry()).get(backbone_id)
+    head = HeadConfig.preset(heads)
+    size = int(input_size or spec.input_size)
+    if num_classes is not None:
+        model = build_scan_model(spec, num_classes=num_classes, head=head, input_size=size)
+    else:  # build_scan_model's steps, with the backbone's default class count
+        from .backbones.shapes import trace_shapes
+
+        backbone = spec.build(num_classes=None, pretrained=False)
+        model = ScanModel(backbone, [s.module for s in spec.split_points], int(backbone.num_classes), head,
+                          trace_shapes(backbone, size))
+    model.backbone_id = spec.id
+    return model.eval(), size
