@@ -21,11 +21,11 @@ from .scoring import confidence
 class HeadConfig:
     """Exit-head shape. ``attention_reduction=1`` is the paper's full-width attention."""
 
-    width: int = 128  # bottleneck channels (the paper's 128)
+    width: Optional[int] = None  # bottleneck channels; None = min(128, features / 4): the paper's 128 on ResNets
     attention: bool = True
     attention_reduction: int = 8  # attention runs at channels // reduction
 
-    PRESETS = {"slim": dict(width=128, attention=True, attention_reduction=8),
+    PRESETS = {"slim": dict(width=None, attention=True, attention_reduction=8),
                "paper": dict(width=128, attention=True, attention_reduction=1)}
 
     @classmethod
@@ -105,13 +105,14 @@ class ScanModel(nn.Module):
         self.sections = [backbone.unit_names[a + 1: b + 1] for a, b in zip(bounds[:-1], bounds[1:])]
         final_c, final_h, _ = shapes["__final__"]
         expand = shapes["__pre_logits__"]
+        width = head.width or min(128, max(16, expand // 4))
         self.attentions = nn.ModuleList()
         self.heads = nn.ModuleList()
         for m in split_modules:
             c, h, _ = shapes[m]
             stride = max(1, round(h / final_h))
             self.attentions.append(Attention(c, head.attention_reduction) if head.attention else nn.Identity())
-            self.heads.append(ExitHead(c, head.width, stride, expand, num_classes))
+            self.heads.append(ExitHead(c, width, stride, expand, num_classes))
 
     @property
     def num_exits(self) -> int:

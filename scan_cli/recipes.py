@@ -40,7 +40,7 @@ class Recipe:
     temperature: float = 3.0
     hint_weight: float = 0.03  # on the mean squared error; the paper's 5e-7 * sum at batch 128 x 512 dims
     heads: str = "slim"  # slim | paper
-    head_width: int = 128
+    head_width: Optional[int] = None  # None = min(128, backbone features / 4)
     splits: Optional[list] = None  # module paths; None = the backbone's defaults
     val_fraction: float = 0.1
     seed: int = 0

@@ -1,0 +1,509 @@
+"""Training the exits: the SCAN loss and a loop with checkpoints, exact resume, AMP and DDP.
+
+Everything random in epoch ``e`` is seeded from ``seed + e`` (model noise, shuffling, worker
+augmentation), so resuming at an epoch boundary reproduces an uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import ScanError
+from .recipes import Recipe
+from .runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
+
+log = logging.getLogger("scan_cli")
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+# ---------------------------------------------------------------------------------------------
+def scan_loss(logits, features, labels, recipe: Recipe):
+    """L = CE(z_K) + sum_{i<K} [(1-l) CE(z_i) + l T^2 KL_T(z_K || z_i)] + w sum_{i<K} mse(f_i, f_K).
+
+    The deepest logits and features are detached (teacher). The feature hint is a mean squared
+    error, so it does not grow with the batch size as the paper's summed version does."""
+    import torch.nn.functional as F
+
+    ce = lambda z: F.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)  # noqa: E731
+    deepest = logits[-1]
+    total = ce(deepest)
+    parts = {"ce_last": float(total.detach())}
+    teacher = deepest.detach()
+    lam = recipe.kd_lambda if recipe.kd else 0.0
+    T = recipe.temperature
+    for z in logits[:-1]:
+        total = total + (1 - lam) * ce(z)
+        if lam > 0:
+            # KL rather than the paper's soft cross-entropy: same gradient, without the teacher's
+            # entropy as a constant offset in the reported loss
+            kd = F.kl_div(F.log_softmax(z / T, dim=-1), F.log_softmax(teacher / T, dim=-1),
+                          reduction="batchmean", log_target=True)
+            total = total + lam * T * T * kd
+    if recipe.feature_hint and features is not None and recipe.hint_weight > 0:
+        target = features[-1].detach()
+        for f in features[:-1]:
+            if f.shape == target.shape:
+                total = total + recipe.hint_weight * F.mse_loss(f, target)
+    return total, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up helpers
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(requested: Optional[str], dist_info: DistInfo):
+    import torch
+
+    if requested in (None, "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScanError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+        if dist_info.enabled:
+            return torch.device("cuda", dist_info.local_rank)
+    return torch.device(requested)
+
+
+def lr_at(recipe: Recipe, epoch: int, step_fraction: float = 0.0) -> float:
+    """Learning rate for (fractional) epoch; a pure function, so resume needs no scheduler state."""
+    e = epoch + step_fraction
+    if recipe.warmup_epochs and e < recipe.warmup_epochs:
+        return recipe.lr * max(e, 1e-3) / recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        span = max(1e-9, recipe.epochs - recipe.warmup_epochs)
+        return 0.5 * recipe.lr * (1 + math.cos(math.pi * (e - recipe.warmup_epochs) / span))
+    if recipe.schedule == "multistep":
+        return recipe.lr * recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
+    return recipe.lr
+
+
+def resolve_mode(recipe: Recipe, has_weights: bool) -> str:
+    if recipe.mode != "auto":
+        return recipe.mode
+    return "heads" if (recipe.pretrained or has_weights) else "joint"
+
+
+def load_backbone_weights(backbone, path: Path) -> list[str]:
+    """Load a local safetensors or .pth/.pt file into the backbone's network (never unpickling).
+
+    A classifier whose class count differs is left freshly initialised (returned as skipped)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ScanError(f"--weights {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as exc:
+        raise ScanError(f"--weights {path} cannot be read safely ({str(exc).splitlines()[0]}): "
+                        "give a safetensors file or a plain state_dict saved with torch.save") from None
+    target = getattr(backbone, "model", backbone)
+    own = target.state_dict()
+    # accept weights saved from a SCAN artifact (backbone.model.*) as well as plain timm ones
+    for prefix in ("backbone.model.", "model.", "module."):
+        if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    unknown = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    if len(unknown) > len(own) // 2 or len(missing) > len(own) // 2:
+        raise ScanError(f"--weights {path} does not fit this backbone ({len(missing)} tensors missing, "
+                        f"{len(unknown)} unknown): pass weights saved from the same architecture")
+    classifier_shapes_only = all(own[k].ndim <= 2 and k in _classifier_keys(target) for k in skipped)
+    if skipped and not classifier_shapes_only:
+        raise ScanError(f"--weights {path} has tensors of other shapes than this backbone ({skipped[0]}): "
+                        "pass weights saved from the same architecture")
+    target.load_state_dict({k: v for k, v in state.items() if k in own and k not in skipped}, strict=False)
+    return skipped
+
+
+def _classifier_keys(model) -> set[str]:
+    try:
+        clf = model.get_classifier()
+    except Exception:
+        return set()
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p in clf.parameters() if id(p) in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model, optimizer, epoch: int, recipe: Recipe, history: list, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    from .artifact import atomic_write
+
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    layout = {}
+    for idx, st in opt_state["state"].items():
+        layout[str(idx)] = {}
+        for name, value in st.items():
+            if hasattr(value, "shape"):
+                tensors[f"opt.{idx}.{name}"] = value.detach().contiguous().clone()
+                layout[str(idx)][name] = "tensor"
+            else:
+                layout[str(idx)][name] = value
+    meta = {"epoch": str(epoch), "recipe": json.dumps(recipe.to_dict()), "history": json.dumps(history),
+            "opt_layout": json.dumps(layout), "opt_groups": json.dumps(opt_state["param_groups"]),
+            "extra": json.dumps(extra)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    layout = json.loads(meta["opt_layout"])
+    state = {}
+    for idx, entries in layout.items():
+        state[int(idx)] = {name: tensors[f"opt.{idx}.{name}"] if kind == "tensor" else kind
+                           for name, kind in entries.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["opt_groups"])})
+    return int(meta["epoch"]), json.loads(meta["history"]), json.loads(meta.get("extra", "{}"))
+
+
+def read_checkpoint_recipe(run_dir: Path) -> tuple[Recipe, dict]:
+    from safetensors import safe_open
+
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    return Recipe(**json.loads(meta["recipe"])), json.loads(meta.get("extra", "{}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+def exit_accuracies(logits, labels) -> dict:
+    """Per-exit accuracy and the ensemble (mean logits), from [n, K, C] logits."""
+    preds = logits.argmax(-1)
+    per_exit = (preds == labels[:, None]).float().mean(0).tolist()
+    ensemble = float((logits.mean(1).argmax(-1) == labels).float().mean())
+    return {"exits": per_exit, "ensemble": ensemble, "n": int(labels.numel())}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FitOptions:
+    backbone: str
+    recipe: Recipe
+    recipe_name: Optional[str] = None
+    out: Optional[Path] = None
+    resume: Optional[Path] = None
+    weights: Optional[Path] = None
+    device: Optional[str] = None
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    streaming: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def fit(opts: FitOptions, on_epoch=None) -> dict:
+    """Train a SCAN model; returns the summary (also written to the run folder).
+
+    ``on_epoch(epoch, summary_so_far)`` is called on the main process after each epoch."""
+    import torch
+
+    from . import artifact
+    from .data import load_data, make_loader
+    from .inference import collect_exit_outputs
+    from .model import HeadConfig, build_scan_model
+    from .progress import make_progress
+    from .registry import default_registry
+    from .runs import mark_latest, new_run_dir
+
+    recipe = opts.recipe
+    dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
+                                 (opts.device in (None, "auto") and torch.cuda.is_available()) else "cpu")
+    device = pick_device(opts.device, dist_info)
+    torch.manual_seed(recipe.seed)
+
+    registry = default_registry()
+    spec = registry.get(opts.backbone)
+    mode = resolve_mode(recipe, opts.weights is not None)
+
+    # data first: bad data must fail before anything is written
+    data_config = _data_config(spec, recipe)
+    img_size = int(data_config["input_size"][-1])
+    splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
+                       val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=opts.image_column,
+                       label_column=opts.label_column, streaming=opts.streaming, hflip=recipe.hflip)
+    data_config = dict(splits.data_config or data_config)  # what the transforms really used (e.g. crop_pct)
+    classes = list(splits.classes)
+    if len(classes) < 2:
+        raise ScanError(f"the data has {len(classes)} class: a classifier needs at least two")
+
+    head = HeadConfig.preset(recipe.heads, width=recipe.head_width, attention=recipe.attention)
+    model = _build_model(spec, recipe, classes, head, img_size, opts)
+    if opts.weights:
+        skipped = load_backbone_weights(model.backbone, opts.weights)
+        if skipped:
+            log.warning(f"--weights: classifier has another class count; trained anew for {len(classes)} classes")
+    if mode == "heads":
+        _freeze_backbone(model, retrain_classifier=True)
+    model.to(device)
+    channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    run_dir, created = _prepare_run_dir(opts, spec.id, dist_info)
+    start_epoch, history = 0, []
+    if opts.resume:
+        start_epoch, history, _ = load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
+        log.info(f"resuming {run_dir} after epoch {start_epoch}")
+
+    train_model = model
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    amp_dtype = _amp_dtype(recipe.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    loader_kw = dict(num_workers=recipe.workers, seed=recipe.seed)
+    val_loader = lambda: make_loader(splits.val, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)  # noqa: E731
+
+    summary = {"run": str(run_dir), "backbone": spec.id, "provider": spec.provider, "mode": mode,
+               "data": splits.source, "split_sizes": splits.split_sizes, "classes": len(classes),
+               "img_size": img_size, "device": str(device), "world_size": dist_info.world_size,
+               "epochs": recipe.epochs, "history": history}
+    try:
+        with make_progress(transient=False) as progress:
+            epoch_task = progress.add_task("epochs", total=recipe.epochs, completed=start_epoch, status="")
+            for epoch in range(start_epoch, recipe.epochs):
+                torch.manual_seed(recipe.seed + epoch)
+                loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
+                                     distributed=dist_info.enabled, drop_last=True, **loader_kw)
+                stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
+                                     scaler, mode, channels_last, progress)
+                if dist_info.is_main:
+                    logits, labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
+                    val = exit_accuracies(logits, labels)
+                    history.append({"epoch": epoch + 1, **stats, "val": val})
+                    save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch + 1, recipe, history,
+                                    {"backbone": spec.id, "recipe_name": opts.recipe_name})
+                    accs = "  ".join(f"{a:.3f}" for a in val["exits"])
+                    progress.console.print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
+                                           f"{stats['images_per_s']:.0f} img/s  val acc per exit {accs}  "
+                                           f"ensemble {val['ensemble']:.3f}", highlight=False)
+                    if on_epoch:
+                        on_epoch(epoch + 1, history)
+                progress.update(epoch_task, advance=1)
+                if dist_info.enabled:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+    except BaseException:
+        if created and dist_info.is_main and not (run_dir / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
+        raise
+
+    if not dist_info.is_main:
+        return summary
+    # final artifact, metrics on validation and (if any) test
+    val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
+    summary["val"] = exit_accuracies(val_logits, val_labels)
+    if splits.test is not None:
+        test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)
+        t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
+        summary["test"] = exit_accuracies(t_logits, t_labels)
+    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name}
+    info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
+                             input_size=img_size, recipe=recipe_doc)
+    info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
+    artifact.save(model, info, run_dir / MODEL_FILE)
+    artifact.atomic_write(run_dir / RECIPE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(recipe_doc, indent=2)))
+    artifact.atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    mark_latest(run_dir)
+    summary["model"] = str(run_dir / MODEL_FILE)
+    return summary
+
+
+def _data_config(spec, recipe: Recipe) -> dict:
+    """The backbone's own preprocessing (timm data config), with --img-size applied."""
+    cfg = dict(spec.build(num_classes=None, pretrained=False).data_config)
+    if recipe.img_size:
+        cfg["input_size"] = [3, int(recipe.img_size), int(recipe.img_size)]
+    return cfg
+
+
+def _build_model(spec, recipe, classes, head, img_size, opts):
+    from .model import build_scan_model
+
+    pretrained = recipe.pretrained
+    if pretrained:
+        _check_hub_reachable(spec.id)
+    try:
+        return build_scan_model(spec, num_classes=len(classes), head=head, split_modules=recipe.splits,
+                                pretrained=pretrained, input_size=img_size)
+    except ScanError:
+        raise
+    except Exception as exc:
+        if pretrained:
+            raise ScanError(f"could not get pretrained weights for {spec.id} ({str(exc).splitlines()[0][:120]}): "
+                            "check the network, or pass --weights FILE") from None
+        raise
+
+
+def _check_hub_reachable(model_id: str) -> None:
+    """Offline with no cached weights: fail at once instead of a retry loop."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        try:
+            import timm
+            from huggingface_hub import try_to_load_from_cache
+
+            cfg = timm.models.get_pretrained_cfg(model_id)
+            hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+            cached = hub_id and any(
+                isinstance(try_to_load_from_cache(hub_id.split("@")[0], f), str)
+                for f in ("model.safetensors", "pytorch_model.bin"))
+        except Exception:
+            cached = False
+        if not cached:
+            raise ScanError(f"pretrained weights for {model_id} are not cached and HF_HUB_OFFLINE=1: "
+                            "go online once, or pass --weights FILE")
+
+
+def _freeze_backbone(model, retrain_classifier: bool) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    if retrain_classifier:
+        target = getattr(model.backbone, "model", model.backbone)
+        for p in target.get_classifier().parameters():
+            p.requires_grad_(True)
+    model._frozen_backbone = True
+
+
+def _amp_dtype(amp: str, device):
+    import torch
+
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) -> tuple[Path, bool]:
+    from .runs import new_run_dir
+
+    if opts.resume:
+        return Path(opts.resume), False
+    run_dir = Path(opts.out) if opts.out else new_run_dir(backbone_id)
+    created = not run_dir.exists()
+    if dist_info.is_main:
+        if (run_dir / MODEL_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+            raise ScanError(f"{run_dir} already holds a run: pick another --out, or --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, created
+
+
+def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype, scaler, mode,
+                 channels_last, progress) -> dict:
+    import torch
+
+    model.train()
+    if mode == "heads":
+        model.backbone.eval()  # frozen backbone: BN statistics stay fixed
+        target = getattr(model.backbone, "model", model.backbone)
+        target.get_classifier().train()
+    steps = _len(loader)
+    task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
+    seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+    for step, (images, labels) in enumerate(loader):
+        lr = lr_at(recipe, epoch, step / steps if steps else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits, features = train_model(images, return_features=True)
+            loss, _ = scan_loss([z.float() for z in logits], [f.float() for f in features], labels, recipe)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        seen += images.shape[0]
+        loss_sum += float(loss.detach()) * images.shape[0]
+        rate = seen / max(1e-9, time.perf_counter() - t0)
+        progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}")
+    progress.remove_task(task)
+    elapsed = time.perf_counter() - t0
+    if seen == 0:
+        raise ScanError("an epoch saw no training images: lower --batch-size (batches are full-size only) or add data")
+    return {"loss": loss_sum / seen, "images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
+
+
+def _len(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None

@@ -1,0 +1,241 @@
+"""Training: the SCAN loss, schedules, a real fit on a tiny image folder, exact resume, heads-only."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scan_cli.errors import ScanError
+from scan_cli.recipes import Recipe, load_recipe
+from scan_cli.training import FitOptions, fit, lr_at, scan_loss
+
+COLORS = [(220, 30, 30), (30, 200, 40), (40, 40, 220)]
+
+
+def make_folder(root: Path, per_class: int = 14, classes=("red", "green", "blue"), size: int = 20) -> Path:
+    """Colour-coded classes with noise: learnable in an epoch or two."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(COLORS[c % 3], dtype=np.float32)
+            img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def tiny_recipe(**kw) -> Recipe:
+    base = dict(data=None, img_size=16, epochs=2, batch_size=8, lr=0.05, schedule="constant", augment="none",
+                hflip=False, workers=0, val_fraction=0.25, mode="joint")
+    base.update(kw)
+    return Recipe(**base)
+
+
+# -- loss --------------------------------------------------------------------------------------
+def _logits(n=6, c=4, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, c, generator=g) for _ in range(k)]
+
+
+def test_loss_without_kd_and_hint_is_weighted_cross_entropy():
+    import torch.nn.functional as F
+
+    z = _logits()
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    r = Recipe(kd=False, feature_hint=False)
+    loss, _ = scan_loss(z, None, y, r)
+    expected = F.cross_entropy(z[-1], y) + sum(F.cross_entropy(q, y) for q in z[:-1])
+    assert torch.allclose(loss, expected)
+
+
+def test_kd_term_vanishes_when_student_equals_teacher():
+    import torch.nn.functional as F
+
+    z = _logits()
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    same = [z[-1].clone(), z[-1].clone(), z[-1]]
+    loss, _ = scan_loss(same, None, y, Recipe(kd=True, feature_hint=False, kd_lambda=0.5))
+    expected = F.cross_entropy(z[-1], y) * (1 + 2 * 0.5)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    diff, _ = scan_loss(z, None, y, Recipe(kd=True, feature_hint=False))
+    nokd, _ = scan_loss(z, None, y, Recipe(kd=False, feature_hint=False))
+    assert not torch.allclose(diff, nokd)
+
+
+def test_kd_gradient_does_not_reach_the_teacher():
+    z = [t.requires_grad_() for t in _logits()]
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, _ = scan_loss(z, None, y, Recipe(kd=True, feature_hint=False, kd_lambda=1.0))
+    loss.backward()
+    # with lambda = 1 the deepest exit only gets its own cross-entropy gradient
+    import torch.nn.functional as F
+
+    z_last = z[-1].detach().clone().requires_grad_()
+    F.cross_entropy(z_last, y).backward()
+    assert torch.allclose(z[-1].grad, z_last.grad)
+
+
+def test_feature_hint_does_not_grow_with_batch_size():
+    z = _logits(n=4)
+    feats = [torch.randn(4, 8) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 3])
+    r = Recipe(kd=False, feature_hint=True, hint_weight=1.0)
+    small, _ = scan_loss(z, feats, y, r)
+    big, _ = scan_loss([torch.cat([q, q]) for q in z], [torch.cat([f, f]) for f in feats], torch.cat([y, y]), r)
+    assert torch.allclose(small, big, atol=1e-5)
+    none, _ = scan_loss(z, feats, y, Recipe(kd=False, feature_hint=False))
+    assert small > none
+
+
+def test_paper_schedule():
+    r = load_recipe("cifar100-resnet18-paper")
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.epochs) == (0.1, 0.9, 5e-4, 128, 200)
+    assert lr_at(r, 0) == pytest.approx(0.1)
+    assert lr_at(r, 75) == pytest.approx(0.01)
+    assert lr_at(r, 130) == pytest.approx(0.001)
+    assert lr_at(r, 199) == pytest.approx(0.0001)
+    c = Recipe(lr=1.0, schedule="cosine", epochs=10, warmup_epochs=0)
+    assert lr_at(c, 0) == pytest.approx(1.0) and lr_at(c, 5) == pytest.approx(0.5) and lr_at(c, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+# -- recipes ----------------------------------------------------------------------------------------
+def test_recipe_precedence_and_unknown_key(tmp_path):
+    r = load_recipe("digits-cpu", {"epochs": 3, "lr": None})
+    assert r.epochs == 3 and r.lr == 0.05 and r.backbone == "resnet10_cifar"
+    assert load_recipe(None).epochs == Recipe().epochs
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = 2\nlearning_rate = 0.1\n")
+    with pytest.raises(ScanError, match="learning_rate"):
+        load_recipe(str(bad))
+
+
+def test_every_shipped_recipe_validates():
+    from scan_cli.recipes import available
+
+    names = available()
+    assert {"digits-cpu", "cifar100-resnet18-paper", "imagenet-resnet50-heads"} <= set(names)
+    for name in names:
+        load_recipe(name).validate()
+
+
+# -- fitting ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("imgs"))
+
+
+def test_fit_writes_a_complete_run(folder, tmp_path):
+    out = tmp_path / "run"
+    summary = fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder)), out=out))
+    assert (out / "model.safetensors").is_file() and (out / "recipe.json").is_file()
+    assert json.loads((out / "recipe.json").read_text())["backbone"] == "resnet10_cifar"
+    assert len(summary["val"]["exits"]) == 4 and summary["val"]["n"] > 0
+    assert len(summary["history"]) == 2
+    latest = Path(os.environ["SCAN_RUNS_DIR"])
+    from scan_cli import artifact
+
+    model, info = artifact.load(out / "model.safetensors")
+    assert info.classes == ["blue", "green", "red"] and info.recipe["epochs"] == 2
+    assert (out.parent / "latest").resolve() == out.resolve()
+    del latest, model
+
+
+def test_resume_ends_with_identical_weights(folder, tmp_path):
+    recipe = tiny_recipe(data=str(folder), epochs=2)
+    straight = tmp_path / "straight"
+    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=straight))
+
+    broken = tmp_path / "broken"
+
+    def interrupt(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=broken), on_epoch=interrupt)
+    assert (broken / "checkpoint.safetensors").is_file() and not (broken / "model.safetensors").exists()
+    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, resume=broken))
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(broken / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_heads_mode_keeps_the_backbone_fixed(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from scan_cli.training import load_backbone_weights  # noqa: F401  (weights path is exercised below)
+
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pth"
+    from scan_cli.registry import default_registry
+
+    backbone = default_registry().get("resnet10_cifar").build(num_classes=10)
+    torch.save(backbone.model.state_dict(), weights)  # a 10-class checkpoint: the classifier is replaced
+    out = tmp_path / "heads"
+    summary = fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder), epochs=1, mode="auto"), out=out, weights=weights))
+    assert summary["mode"] == "heads"
+    trained = load_file(str(out / "model.safetensors"))
+    original = backbone.model.state_dict()
+    for k, v in original.items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(trained[f"backbone.model.{k}"], v), k  # weights and BN statistics untouched
+    assert trained["backbone.model.fc.weight"].shape[0] == 3
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ScanError):
+        fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(empty))))
+    one = make_folder(tmp_path / "one", classes=("only",), per_class=4)
+    with pytest.raises(ScanError):
+        fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(one))))
+    runs = Path(os.environ["SCAN_RUNS_DIR"])
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_weights_that_do_not_fit_are_refused(folder, tmp_path):
+    from safetensors.torch import save_file
+
+    w = tmp_path / "other.safetensors"
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(w))
+    with pytest.raises(ScanError, match="does not fit"):
+        fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder)), weights=w, out=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_fit_json_and_print_recipe(run_cli, folder, tmp_path):
+    code, out, err = run_cli("fit", "--recipe", "digits-cpu", "--epochs", "1", "--print-recipe")
+    assert code == 0 and json.loads(out)["epochs"] == 1 and json.loads(out)["backbone"] == "resnet10_cifar"
+    code, out, err = run_cli("fit", "resnet10_cifar", "--data", str(folder), "--epochs", "1", "--img-size", "16",
+                             "--batch-size", "8", "--workers", "0", "--out", str(tmp_path / "cli"), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["backbone"] == "resnet10_cifar" and len(doc["val"]["exits"]) == 4
+    code, out, err = run_cli("fit", "resnet10_cifar", "--data", str(tmp_path / "nope"))
+    assert code == 1 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_distributed_two_processes_gloo(folder, tmp_path):
+    """torchrun with 2 CPU processes: DDP + distributed sampler; only rank 0 writes."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "scan_cli", "fit", "resnet10_cifar", "--data", str(folder), "--epochs", "1", "--img-size", "16",
+           "--batch-size", "4", "--workers", "0", "--out", str(out), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)  # exactly one JSON document: rank 1 prints nothing
+    assert doc["world_size"] == 2
+    assert (out / "model.safetensors").is_file()
