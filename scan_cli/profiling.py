@@ -223,6 +223,21 @@ class ExitCost:
         return asdict(self)
 
 
+NOTES = {
+    "units": "MACs: one multiply-accumulate counts 1 (fvcore's 'flop'); GFLOPs = 2 x GMACs",
+    "counting": "fvcore at batch 1, each piece fed the real activation; batch norm (2 per element in eval) and "
+                "adaptive average pooling (1 per input element) are counted as fvcore does, so totals match timm's "
+                "published GMACs",
+    "exits": "backbone_macs_to_split = stem + sections up to the split; attention_macs and head_macs are the exit's "
+             "attention module and head alone, exit_macs their sum (last exit: the backbone's post + head); "
+             "macs_cumulative = answering there in the cascade (every exit on the way included); params = what the "
+             "exit adds (last exit: the parameters its post + head use)",
+    "not_counted_elementwise": "pointwise ops, reductions and pooling: no multiply-accumulates by the MAC convention",
+    "not_counted_data_movement": "views, reshapes, copies: no arithmetic",
+    "uncounted_ops": "operators with no MAC handle: they may hide real work, so the totals are a lower bound",
+}
+
+
 @dataclass
 class MacReport:
     input_size: int
@@ -266,8 +281,7 @@ class MacReport:
         doc["exits"] = [e.to_dict() for e in self.exits]
         doc.update(shallow_exit_macs=self.shallow_exit_macs, shallow_exit_params=self.shallow_exit_params,
                    heads_overhead=self.heads_overhead,
-                   not_counted_note="elementwise ops, reductions and pooling carry no multiply-accumulates by "
-                                    "the MAC convention; data movement has no arithmetic; uncounted_ops may hide work")
+                   notes=NOTES)
         return doc
 
     @classmethod
