@@ -97,7 +97,7 @@ def _shallow_thresholds(thresholds, K: int) -> np.ndarray:
     for v in values:
         if v is None:
             raise UsageError("only the last exit's threshold may be empty: use inf for an exit that never fires")
-        v = float(v)  # also parses the strings "inf" written by to_dict()
+        v = float(v)  # also parses strings such as "inf"
         if math.isnan(v):
             raise UsageError("a threshold is NaN: use inf for an exit that never fires")
         out.append(v)
@@ -213,7 +213,7 @@ class Front:
                 {
                     "correct": a,
                     "accuracy": a / self.n,
-                    "expected_cost": float(self.cost[c]),
+                    "cost": float(self.cost[c]),
                     "thresholds": self.thresholds[c].tolist(),
                     "gap_bound": float(self.gap_bound[c]),
                 }
@@ -567,19 +567,10 @@ def _certify(data: CascadeData, confidence: float, seed: int, max_evaluations: f
 # Calibration
 
 
-def _json_thresholds(shallow) -> list:
-    """K entries: floats for shallow exits ("inf" for never fires, strict JSON), None for the last."""
-    return [("inf" if math.isinf(t) and t > 0 else float(t)) for t in shallow] + [None]
-
-
-def parse_thresholds(values) -> list:
-    """Inverse of the JSON form: floats (``inf`` included) and the final None."""
-    return [None if v is None else float(v) for v in values]
-
-
 @dataclass
 class CalibrationResult:
     thresholds: list  # K entries: shallow thresholds (float, inf = never fires), last None
+    # (json.dumps writes inf as Infinity, which json.loads reads back; there is no inf in strict JSON)
     val_accuracy: float
     expected_cost: float  # mean MACs per image on the validation data
     speedup: float  # backbone_cost / expected_cost
@@ -593,9 +584,8 @@ class CalibrationResult:
     front: Front | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        shallow = self.thresholds[:-1]
         return {
-            "thresholds": _json_thresholds(shallow),
+            "thresholds": list(self.thresholds),
             "val_accuracy": self.val_accuracy,
             "expected_cost": self.expected_cost,
             "cost_fraction": self.expected_cost / self.backbone_cost,
@@ -605,7 +595,7 @@ class CalibrationResult:
             "n_val": self.n_val,
             "target": dict(self.target),
             "method": dict(self.method),
-            "pareto": [dict(p, thresholds=_json_thresholds(p["thresholds"][:-1])) for p in self.pareto],
+            "pareto": [dict(p, thresholds=list(p["thresholds"])) for p in self.pareto],
             "guarantee": None if self.guarantee is None else dict(self.guarantee),
         }
 
@@ -615,7 +605,7 @@ def _operating_point(data, shallow, backbone_cost, label=None) -> dict:
     return {
         "label": label,
         "accuracy": s["accuracy"],
-        "expected_cost": s["expected_cost"],
+        "cost": s["expected_cost"],  # mean MACs per image
         "cost_fraction": s["expected_cost"] / backbone_cost,
         "speedup": backbone_cost / s["expected_cost"] if s["expected_cost"] > 0 else _INF,
         "thresholds": [float(t) for t in shallow] + [None],
@@ -638,7 +628,7 @@ def _summary_points(data, front, chosen, backbone_cost, count) -> list:
         if tuple(t) not in keys:
             keys.add(tuple(t))
             out.append(_operating_point(data, t, backbone_cost))
-    return sorted(out, key=lambda p: (p["expected_cost"], p["accuracy"]))
+    return sorted(out, key=lambda p: (p["cost"], p["accuracy"]))
 
 
 def calibrate(
@@ -772,7 +762,7 @@ def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None =
     fig = Figure(figsize=(6, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.step([p["expected_cost"] / backbone_cost for p in points], [p["accuracy"] for p in points],
+    ax.step([p["cost"] / backbone_cost for p in points], [p["accuracy"] for p in points],
             where="post", color="tab:blue", lw=1.2, label="Pareto front (validation)")
     if result is not None:
         others = [p for p in result.pareto if p["label"] is None]
