@@ -28,3 +28,35 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def make_color_folder(root, per_class=10, classes=("blue", "green", "red"), size=16, mislabel=0, seed=0):
+    """Colour-coded classes with noise; ``mislabel`` images per class carry another class's colour."""
+    import numpy as np
+    from PIL import Image
+
+    colors = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 40, 220)}
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            color = colors[classes[(c + 1) % len(classes)]] if i < mislabel else colors[name]
+            img = np.clip(np.array(color, dtype=np.float32) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A small real run: resnet10_cifar trained 2 epochs on a train/val/test colour folder."""
+    from scan_cli.recipes import Recipe
+    from scan_cli.training import FitOptions, fit
+
+    base = tmp_path_factory.mktemp("colors")
+    for split, n, bad, seed in (("train", 16, 1, 0), ("val", 10, 1, 1), ("test", 10, 1, 2)):
+        make_color_folder(base / split, per_class=n, mislabel=bad, seed=seed)
+    recipe = Recipe(data=str(base), img_size=16, epochs=2, batch_size=8, lr=0.05, schedule="constant",
+                    augment="none", hflip=False, workers=0, mode="joint")
+    out = tmp_path_factory.mktemp("runs") / "run"
+    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out))
+    return out

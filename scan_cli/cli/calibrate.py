@@ -1,0 +1,119 @@
+"""`scan calibrate` and `scan evaluate`: thresholds on validation data, honest numbers on test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_command)
+    app.command("evaluate")(evaluate_command)
+
+
+RUN = typer.Option(None, "--run", help="Run folder (default: runs/latest).")
+JSON = typer.Option(False, "--json", help="Print one JSON document.")
+
+
+def calibrate_command(
+    target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Keep validation accuracy >= this (absolute, e.g. 0.76)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Allow at most this accuracy drop below the last exit (e.g. 0.005)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Spend at most this fraction of the backbone's MACs; maximise accuracy."),
+    confidence: Optional[float] = typer.Option(None, "--confidence", help="Certify the target with this probability (distribution-free bound)."),
+    score: Optional[str] = typer.Option(None, "--score", help="max_softmax (default) | margin | neg_entropy"),
+    fallback: Optional[str] = typer.Option(None, "--fallback", help="Answer of images no shallow exit takes: last (default) | ensemble (paper)."),
+    split: str = typer.Option("val", "--split", help="Only 'val' is accepted: the test split must stay unseen."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the accuracy-cost curve to this PNG."),
+    run: Optional[str] = RUN,
+    device: str = typer.Option("cpu", "--device"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Search and report, but do not write the thresholds."),
+    as_json: bool = JSON,
+):
+    """Choose per-exit thresholds: cheapest cascade that keeps the accuracy promise on validation data."""
+    from ..calibrating import calibrate_run
+    from ..errors import UsageError
+    from ..runs import resolve_run
+    from ._output import info, print_json
+
+    if target_acc is not None and not 0 < target_acc <= 1:
+        raise UsageError(f"--target-acc {target_acc} is outside (0, 1]: give an accuracy such as 0.76")
+    if confidence is not None and not 0 < confidence < 1:
+        raise UsageError(f"--confidence {confidence} is outside (0, 1): give a probability such as 0.95")
+    run_dir = resolve_run(run)
+    doc = calibrate_run(run_dir, target_acc=target_acc, max_drop=max_drop, budget=budget, confidence=confidence,
+                        score=score, fallback=fallback, split=split, save=not dry_run, plot=plot, device=device)
+    if as_json:
+        print_json(doc)
+    else:
+        _print_calibration(doc)
+    if not dry_run:
+        info(f"thresholds written to {run_dir / 'model.safetensors'}")
+    if plot is not None:
+        info(f"accuracy-cost curve drawn to {plot}")
+
+
+def _print_calibration(doc: dict) -> None:
+    from rich.table import Table
+
+    from ._output import stdout_console
+
+    console = stdout_console()
+    K = len(doc["thresholds"])
+    table = Table(title=f"calibrated on {doc['n_val']} validation images ({doc['score']}, fallback {doc['fallback']})")
+    for col in ("exit", "threshold", "share of images", "cumulative GMACs"):
+        table.add_column(col, justify="right")
+    for k in range(K):
+        t = doc["thresholds"][k]
+        table.add_row(f"{k + 1}/{K}", "always" if t is None else ("never" if t == float("inf") else f"{t:.4f}"),
+                      f"{100 * doc['exit_shares'][k]:.1f}%", f"{doc['exit_macs'][k] / 1e9:.4f}")
+    console.print(table)
+    console.print(f"validation accuracy {100 * doc['val_accuracy']:.2f}%, expected {doc['expected_macs'] / 1e9:.4f} GMACs "
+                  f"per image vs {doc['backbone_macs'] / 1e9:.4f} for the backbone: {doc['speedup']:.2f}x fewer MACs", highlight=False)
+    if doc.get("guarantee"):
+        console.print(f"guarantee: {doc['guarantee'].get('statement', doc['guarantee'])}", highlight=False)
+    pareto = doc.get("pareto") or []
+    if pareto:
+        front = Table(title="operating points (validation)")
+        for col in ("accuracy", "GMACs", "speed-up", "thresholds"):
+            front.add_column(col, justify="right")
+        for p in pareto:
+            ts = ", ".join("-" if t is None else ("never" if t == float("inf") else f"{t:.3f}") for t in p["thresholds"])
+            front.add_row(f"{100 * p['accuracy']:.2f}%", f"{p['cost'] / 1e9:.4f}", f"{p['speedup']:.2f}x", ts)
+        console.print(front)
+
+
+def evaluate_command(
+    run: Optional[str] = RUN,
+    split: str = typer.Option("test", "--split", help="test (default) | val | train | all"),
+    data: Optional[str] = typer.Option(None, "--data", help="Other labelled data with the model's classes."),
+    device: str = typer.Option("cpu", "--device"),
+    as_json: bool = JSON,
+):
+    """Accuracy of every exit, the ensemble and the calibrated cascade on held-out data."""
+    from ..calibrating import evaluate_run
+    from ..runs import resolve_run
+    from ._output import print_json, stdout_console
+
+    doc = evaluate_run(resolve_run(run), split=split, data=data, device=device)
+    if as_json:
+        print_json(doc)
+        return
+    from rich.table import Table
+
+    K = len(doc["exits"])
+    table = Table(title=f"{doc['split']} split, {doc['n']} images: accuracy (%)")
+    for k in range(K):
+        table.add_column(f"exit {k + 1}/{K}", justify="right")
+    table.add_column("ensemble", justify="right")
+    table.add_column("cascade", justify="right")
+    cascade = doc["cascade"]
+    table.add_row(*[f"{100 * e['accuracy']:.2f}" for e in doc["exits"]], f"{100 * doc['ensemble']['accuracy']:.2f}",
+                  f"{100 * cascade['accuracy']:.2f}" if cascade else "not calibrated")
+    if cascade:
+        table.add_row(*[f"{100 * s:.1f}% left" for s in cascade["exit_shares"]], "", f"{cascade['speedup']:.2f}x fewer MACs")
+    console = stdout_console()
+    console.print(table)
+    if not cascade:
+        console.print("run 'scan calibrate' to evaluate the early-exit cascade", highlight=False)
