@@ -142,6 +142,10 @@ def _staged_backbone_class():
             """Logits from the pooled features that ``forward_head(x, pre_logits=True)`` returned."""
             raise NotImplementedError
 
+        def classifier(self):
+            """The module holding the final classifier's weights (retrained for a new class set)."""
+            return self.model.get_classifier()
+
         def to_feature_map(self, x):
             """An exit head reads [B, C, H, W] maps; token backbones reshape here."""
             return x

@@ -152,7 +152,7 @@ def load_backbone_weights(backbone, path: Path) -> list[str]:
     if len(unknown) > len(own) // 2 or len(missing) > len(own) // 2:
         raise ScanError(f"--weights {path} does not fit this backbone ({len(missing)} tensors missing, "
                         f"{len(unknown)} unknown): pass weights saved from the same architecture")
-    classifier_shapes_only = all(own[k].ndim <= 2 and k in _classifier_keys(target) for k in skipped)
+    classifier_shapes_only = all(k in _classifier_keys(backbone, target) for k in skipped)
     if skipped and not classifier_shapes_only:
         raise ScanError(f"--weights {path} has tensors of other shapes than this backbone ({skipped[0]}): "
                         "pass weights saved from the same architecture")
@@ -160,12 +160,12 @@ def load_backbone_weights(backbone, path: Path) -> list[str]:
     return skipped
 
 
-def _classifier_keys(model) -> set[str]:
+def _classifier_keys(backbone, target) -> set[str]:
     try:
-        clf = model.get_classifier()
+        clf = backbone.classifier()
     except Exception:
         return set()
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in target.named_parameters()}
     return {names[id(p)] for p in clf.parameters() if id(p) in names}
 
 
@@ -287,12 +287,15 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     head = HeadConfig.preset(recipe.heads, width=recipe.head_width, attention=recipe.attention)
     model = _build_model(spec, recipe, classes, head, img_size, opts)
+    # the last exit's classifier learns unless it came pretrained for this very class count
+    new_classifier = not recipe.pretrained or _pretrained_classes(spec.id) != len(classes)
     if opts.weights:
         skipped = load_backbone_weights(model.backbone, opts.weights)
+        new_classifier = bool(skipped)
         if skipped:
             log.warning(f"--weights: classifier has another class count; trained anew for {len(classes)} classes")
     if mode == "heads":
-        _freeze_backbone(model, retrain_classifier=True)
+        _freeze_backbone(model, retrain_classifier=new_classifier)
     model.to(device)
     channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type == "cuda")
     if channels_last:
@@ -403,6 +406,16 @@ def _build_model(spec, recipe, classes, head, img_size, opts):
         raise
 
 
+def _pretrained_classes(model_id: str):
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(model_id)
+        return getattr(cfg, "num_classes", None) if cfg else None
+    except Exception:
+        return None
+
+
 def _check_hub_reachable(model_id: str) -> None:
     """Offline with no cached weights: fail at once instead of a retry loop."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -428,10 +441,8 @@ def _freeze_backbone(model, retrain_classifier: bool) -> None:
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     if retrain_classifier:
-        target = getattr(model.backbone, "model", model.backbone)
-        for p in target.get_classifier().parameters():
+        for p in model.backbone.classifier().parameters():
             p.requires_grad_(True)
-    model._frozen_backbone = True
 
 
 def _amp_dtype(amp: str, device):
@@ -467,8 +478,6 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
-        target = getattr(model.backbone, "model", model.backbone)
-        target.get_classifier().train()
     steps = _len(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()

@@ -239,3 +239,20 @@ def test_distributed_two_processes_gloo(folder, tmp_path):
     doc = json.loads(res.stdout)  # exactly one JSON document: rank 1 prints nothing
     assert doc["world_size"] == 2
     assert (out / "model.safetensors").is_file()
+
+
+def test_heads_mode_keeps_a_matching_classifier(folder, tmp_path):
+    """Weights already made for these 3 classes: the backbone's classifier stays as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from scan_cli.registry import default_registry
+
+    torch.manual_seed(1)
+    backbone = default_registry().get("resnet10_cifar").build(num_classes=3)
+    weights = tmp_path / "w3.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(weights))
+    out = tmp_path / "heads3"
+    fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder), epochs=1, mode="heads"), out=out, weights=weights))
+    trained = load_file(str(out / "model.safetensors"))
+    assert torch.equal(trained["backbone.model.fc.weight"], backbone.model.fc.weight)
+    assert not torch.equal(trained["heads.0.fc.weight"], torch.zeros_like(trained["heads.0.fc.weight"]))

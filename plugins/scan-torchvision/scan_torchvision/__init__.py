@@ -45,6 +45,9 @@ def _resnet_class():
         def classify(self, pre_logits):
             return self.model.fc(pre_logits)
 
+        def classifier(self):
+            return self.model.fc
+
         def reset_classifier(self, num_classes):
             import torch.nn as nn
 
