@@ -182,8 +182,38 @@ def test_grid_mode_is_within_its_certified_gap():
     assert np.all(diff <= grid.gap_bound[ok] + 1e-12)  # and stays within its bound
     assert diff.max() > 0  # the grid really was coarser (the check above was not vacuous)
     r = calibrate(data, target_acc=0.6, max_evaluations=3000)
-    assert r.method["search"] == "grid"
+    assert r.method["search"] == "grid" and r.val_accuracy >= 0.6
+    assert exact.cost[36] - 1e-12 <= r.expected_cost <= r.method["grid_cost"]  # polishing only helps
     assert r.expected_cost - exact.cost[36] <= r.method["gap_bound"] + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_search_equals_brute_force(seed):
+    """Polishing moves two exits at once (others fixed): the best move matches enumeration."""
+    from scan_cli.calibration import _pair_search
+
+    data = random_cascade(seed, 25, 4, levels=7)
+    rng = np.random.default_rng(seed)
+    values = [np.unique(data.scores[:, k]) for k in range(3)]
+    fixed = np.array([rng.choice(np.append(v, np.inf)) for v in values])
+    for k, j in ((0, 1), (0, 2), (1, 2)):
+        window = values[k][1:-1]
+        for need in (10, 15, 18):
+            found = _pair_search(data, fixed, k, j, window, need)
+            best = np.inf
+            for tk in np.append(window, np.inf):
+                for tj in np.append(values[j], np.inf):
+                    t = fixed.copy()
+                    t[k], t[j] = tk, tj
+                    s = summarize(data, t)
+                    if round(s["accuracy"] * data.n) >= need:
+                        best = min(best, s["expected_cost"] * data.n)
+            if np.isinf(best):
+                assert found is None
+            else:
+                assert found[0] == pytest.approx(best, abs=1e-9)
+                s = summarize(data, found[1])
+                assert round(s["accuracy"] * data.n) >= need and s["expected_cost"] * data.n == pytest.approx(best)
 
 
 @pytest.mark.parametrize("seed", range(5))
