@@ -195,7 +195,8 @@ def machine() -> str:
     except Exception:
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}, {os.cpu_count()} logical cores, load average at start {load}; numpy {np.__version__}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} logical cores, load average at start {load}; "
+            f"numpy {np.__version__}, Python {platform.python_version()}")
 
 
 def to_markdown(rows, header) -> str:
@@ -207,7 +208,8 @@ def to_markdown(rows, header) -> str:
             cost, speed, acc = f"{r['cost']:.4f}", f"{1 / r['cost']:.3f}x", f"{r['accuracy']:.4f}"
         else:
             cost, speed, acc = "missed", "", ""
-        lines.append(f"| {r['case']} | {r['n']} | {r['target']:.4f} ({-100 * r['drop']:+.2f} pt) | {r['method']} | {cost} | "
+        vs_last = -100 * r["drop"] + 0.0  # + 0.0: no "-0.00"
+        lines.append(f"| {r['case']} | {r['n']} | {r['target']:.4f} ({vs_last:+.2f} pt) | {r['method']} | {cost} | "
                      f"{speed} | {acc} | {r['seconds']:.3f} | {r['note']} |")
     return "\n".join(lines) + "\n"
 
@@ -272,8 +274,8 @@ def main(argv=None) -> int:
         "(n = 2000 and 10000 here) quantile grids on exits 1-2 with a certified gap, then a local pair descent "
         "with exact thresholds (the note gives the certified bound on how far above the optimum the cost can be).\n\n"
         "Synthetic cascades: K = 4 exits, costs 0.3 / 0.55 / 0.8 / 1.0 x the backbone, exit accuracies about "
-        "67 / 75.5 / 79 / 80.5 %, correlated correctness and over-confident scores (`synthetic_cascade`). Targets are the last "
-        "exit's validation accuracy minus the drop. Costs are mean MACs per image over the validation set as a "
+        "67 / 75.5 / 79 / 80.5 %, correlated correctness and over-confident scores (`synthetic_cascade`). "
+        "Targets are the last exit's validation accuracy minus the drop. Costs are mean MACs per image over the validation set as a "
         "fraction of the backbone's, from re-simulating each method's thresholds with the production `summarize`; "
         "'missed' = the method's thresholds do not reach the target. Time is wall-clock per target (ours "
         "recomputes the whole front each time). All numbers are on the validation data the thresholds were "

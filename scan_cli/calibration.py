@@ -143,10 +143,7 @@ def _expected_cost(exit_counts: np.ndarray, costs: np.ndarray, n: int):
 def simulate(data: CascadeData, thresholds):
     """Route every validation image: (exit_index [n] int, correct [n] bool, cost [n] float)."""
     t = _shallow_thresholds(thresholds, data.K)
-    if data.K == 1:
-        exit_index = np.zeros(data.n, dtype=np.int64)
-    else:
-        exit_index = _route(data.scores[:, : data.K - 1], t[None, :])[0].astype(np.int64)
+    exit_index = _route(data.scores[:, : data.K - 1], t[None, :])[0].astype(np.int64)
     correct = data.correct[np.arange(data.n), exit_index]
     return exit_index, correct, data.costs[exit_index]
 
@@ -412,9 +409,13 @@ def pareto_front(data: CascadeData, max_evaluations: float = DEFAULT_MAX_EVALUAT
 
     Candidates for exit k are its distinct scores plus +inf (any other threshold routes exactly
     like one of them). Exits 0..K-4 are enumerated in a Python loop, exits K-3 and K-2 are
-    vectorised (``_search_last_two``): cost O(prod_{k<=K-3} G_k * n) sample-evaluations, G_k the
-    candidates of exit k. If that exceeds ``max_evaluations``, exits 0..K-3 use quantile grids of
-    the largest size G that fits (exit K-2 stays exact) and the result carries a certified gap.
+    vectorised (``_search_last_two``): O(prod_{k<=K-3} G_k * n) sample-evaluations (G_k the
+    candidates of exit k; ``_work`` counts them, using that only images below exit 0's threshold
+    reach the vectorised part), plus O(n log n) per Python iteration; K = 2 is one sort, K = 3
+    one vectorised pass. If the count exceeds ``max_evaluations``, exits 0..K-3 use quantile grids
+    of the largest size G that fits (exit K-2 stays exact) and the result carries a certified gap:
+    rounding an optimal threshold down to the grid loses at most ``slack`` correct answers and
+    never adds cost, so OPT(c) >= grid cost at c - slack.
     """
     n, K = data.n, data.K
     S, C, costs = data.scores, data.correct, data.costs
@@ -763,8 +764,7 @@ def calibrate(
     the plain backbone's MACs (default: costs[K-1]). ``confidence`` (accuracy targets only)
     certifies the target on future data instead of only on validation (see ``_certify``).
     """
-    modes = [name for name, v in (("target_acc", target_acc), ("max_drop", max_drop), ("budget", budget)) if v is not None]
-    if len(modes) != 1:
+    if sum(v is not None for v in (target_acc, max_drop, budget)) != 1:
         raise UsageError("give exactly one of --target-acc, --max-drop or --budget")
     if target_acc is not None and not (0.0 < target_acc <= 1.0):
         raise UsageError(f"--target-acc must be an accuracy in (0, 1], got {target_acc}")

@@ -46,6 +46,7 @@ def brute_force(data):
 
 
 CASES = [(K, n, levels, seed) for K, n in ((2, 30), (3, 24), (4, 14)) for levels in (None, 4) for seed in (0, 1)]
+CASES += [(5, 10, 3, 0), (5, 9, 4, 1)]  # two exits in the Python loop
 
 
 @pytest.mark.parametrize("K,n,levels,seed", CASES)
