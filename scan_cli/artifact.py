@@ -61,7 +61,7 @@ class ArtifactInfo:
         }
         for key in OPTIONAL_KEYS:
             if getattr(self, key) is not None:
-                meta[key] = json.dumps(getattr(self, key))
+                meta[key] = json.dumps(finite(getattr(self, key)), allow_nan=False)
         return meta
 
     @classmethod
@@ -87,6 +87,22 @@ class ArtifactInfo:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ScanError(f"{path} has damaged metadata ({exc}): re-run 'scan fit' to write it again") from None
+
+
+def finite(obj):
+    """The same structure with inf/nan floats as None, so that it is strict JSON
+    (a shallow exit whose threshold is None never fires)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return finite(obj.to_dict())
+    return obj
 
 
 def atomic_write(path: Path, write) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 
 
@@ -23,20 +22,10 @@ def stderr_console():
 def print_json(obj) -> None:
     """One JSON document on stdout (scripts pipe it). Strict JSON: inf/nan become null
     (a shallow exit whose threshold is null never fires)."""
-    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n")
+    from ..artifact import finite
+
+    sys.stdout.write(json.dumps(finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n")
     sys.stdout.flush()
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "to_dict"):
-        return _finite(obj.to_dict())
-    return obj
 
 
 def _jsonable(obj):
