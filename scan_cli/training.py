@@ -6,6 +6,7 @@ augmentation), so resuming at an epoch boundary reproduces an uninterrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -473,42 +474,52 @@ def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) ->
 
 def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype, scaler, mode,
                  channels_last, progress) -> dict:
-    import torch
-
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
     steps = _len(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
-    for step, (images, labels) in enumerate(loader):
-        lr = lr_at(recipe, epoch, step / steps if steps else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits, features = train_model(images, return_features=True)
-            loss, _ = scan_loss([z.float() for z in logits], [f.float() for f in features], labels, recipe)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        seen += images.shape[0]
-        loss_sum += float(loss.detach()) * images.shape[0]
-        rate = seen / max(1e-9, time.perf_counter() - t0)
-        progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}")
+    # DDP: streamed shards can leave ranks with unequal batch counts; join() keeps them in step
+    uneven = train_model.join() if hasattr(train_model, "join") else contextlib.nullcontext()
+    with uneven:
+        for step, (images, labels) in enumerate(loader):
+            lr = lr_at(recipe, epoch, step / steps if steps else 0.0)
+            loss = _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler,
+                               channels_last)
+            seen += images.shape[0]
+            loss_sum += float(loss) * images.shape[0]
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}")
     progress.remove_task(task)
     elapsed = time.perf_counter() - t0
     if seen == 0:
         raise ScanError("an epoch saw no training images: lower --batch-size (batches are full-size only) or add data")
     return {"loss": loss_sum / seen, "images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
+
+
+def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler, channels_last):
+    """One optimiser step; returns the (detached) loss."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, features = train_model(images, return_features=True)
+        loss, _ = scan_loss([z.float() for z in logits], [f.float() for f in features], labels, recipe)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
 
 
 def _len(loader):
