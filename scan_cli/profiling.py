@@ -575,32 +575,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn, x, *, device: str, warmup: int, iters: int, max_seconds: Optional[float] = None) -> Timing:
-    """p50/p95 wall time of ``fn(x)`` over ``iters`` runs after ``warmup`` (synchronised on CUDA).
-
-    ``max_seconds`` stops early once that much time was spent timing (at least 3 runs are kept)."""
-    import time
-
-    import torch
-
-    with torch.inference_mode():
-        for _ in range(max(0, warmup)):
-            fn(x)
-        _sync(device)
-        samples: list[float] = []
-        spent = 0.0
-        for i in range(max(1, iters)):
-            start = time.perf_counter()
-            fn(x)
-            _sync(device)
-            samples.append(time.perf_counter() - start)
-            spent += samples[-1]
-            if max_seconds is not None and spent > max_seconds and i >= 2:
-                break
-    return Timing(batch_size=int(x.shape[0]), p50_ms=_percentile(samples, 0.5) * 1e3,
-                  p95_ms=_percentile(samples, 0.95) * 1e3, n=len(samples))
-
-
 @dataclass
 class LatencyReport:
     device: str
@@ -651,8 +625,14 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
 
     For each batch size: the plain timm model's own forward, and for each exit ``k`` the network run
     up to and including exit ``k`` (stem, sections, every exit on the way): what an image leaving at
-    ``k`` costs. ``threads`` fixes ``torch.set_num_threads`` (default: torch's current, restored
-    after); ``device='auto'`` is CUDA when available. The model is moved to ``device`` and left there."""
+    ``k`` costs. Measurements are interleaved (each round times every variant once, in a rotating
+    order), so a busy neighbour slows all of them alike and the ratios stay fair. ``warmup`` untimed
+    rounds first; ``iters`` timed rounds, or fewer when ``max_seconds`` (per batch size) runs out,
+    never fewer than 3. ``threads`` fixes ``torch.set_num_threads`` (default: torch's current,
+    restored after); ``device='auto'`` is CUDA when available (synchronised around every call).
+    The model is moved to ``device`` and left there."""
+    import time
+
     import torch
 
     dev = resolve_device(device)
@@ -660,19 +640,40 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
     plain = plain_backbone(model)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    with _threads(threads) as n_threads:
-        backbone_t: dict[int, Timing] = {}
-        exit_t: list[dict[int, Timing]] = [dict() for _ in range(model.num_exits)]
+    K = model.num_exits
+    variants = [("plain", plain)] + [(k, (lambda t, k=k: run_to_exit(model, k, t))) for k in range(K)]
+    backbone_t: dict[int, Timing] = {}
+    exit_t: list[dict[int, Timing]] = [dict() for _ in range(K)]
+    with _threads(threads) as n_threads, torch.inference_mode():
         for b in batch_sizes:
-            x = torch.randn(int(b), 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+            b = int(b)
+            x = torch.randn(b, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
             if progress:
-                progress(f"timing the plain backbone at batch {b}")
-            backbone_t[int(b)] = time_call(plain, x, device=dev, warmup=warmup, iters=iters, max_seconds=max_seconds)
-            for k in range(model.num_exits):
-                if progress:
-                    progress(f"timing exit {k + 1}/{model.num_exits} at batch {b}")
-                exit_t[k][int(b)] = time_call(lambda t, k=k: run_to_exit(model, k, t), x, device=dev,
-                                              warmup=warmup, iters=iters, max_seconds=max_seconds)
+                progress(f"timing the plain backbone and {K} exits at batch {b} ({warmup} warm-up + up to {iters} rounds)")
+            for _ in range(max(0, warmup)):
+                for _, fn in variants:
+                    fn(x)
+            _sync(dev)
+            samples: dict = {name: [] for name, _ in variants}
+            spent = 0.0
+            for i in range(max(1, iters)):
+                shift = i % len(variants)
+                for name, fn in variants[shift:] + variants[:shift]:
+                    start = time.perf_counter()
+                    fn(x)
+                    _sync(dev)
+                    samples[name].append(time.perf_counter() - start)
+                    spent += samples[name][-1]
+                if max_seconds is not None and spent > max_seconds and i >= 2:
+                    break
+
+            def timing(values):
+                return Timing(batch_size=b, p50_ms=_percentile(values, 0.5) * 1e3,
+                              p95_ms=_percentile(values, 0.95) * 1e3, n=len(values))
+
+            backbone_t[b] = timing(samples["plain"])
+            for k in range(K):
+                exit_t[k][b] = timing(samples[k])
     return LatencyReport(device=dev, threads=n_threads, warmup=warmup, iters=iters,
                          batch_sizes=[int(b) for b in batch_sizes], backbone=backbone_t, exits=exit_t)
 

@@ -19,10 +19,10 @@ def profile_command(
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads while timing (default: torch's current)."),
     batch_size: int = typer.Option(32, "--batch-size", help="The larger batch size timed (batch 1 is always timed)."),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed iterations before each measurement."),
-    iters: int = typer.Option(20, "--iters", help="Timed iterations per measurement."),
-    max_seconds: Optional[float] = typer.Option(30.0, "--max-seconds",
-                                                help="Stop a measurement early after this long (at least 3 iterations)."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed rounds before timing (a round runs every exit and the plain model once)."),
+    iters: int = typer.Option(20, "--iters", help="Timed rounds per batch size."),
+    max_seconds: Optional[float] = typer.Option(60.0, "--max-seconds",
+                                                help="Stop timing a batch size after this long (at least 3 rounds)."),
     cascade_images: int = typer.Option(512, "--cascade-images", help="Validation images for timing the real cascade."),
 ):
     """Cost per exit: fvcore MACs (batch 1), the cascade's expected cost when calibrated, and latency."""
@@ -170,7 +170,7 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
                   f"{report.shallow_exit_macs / scale:.3f} {unit} ({100 * report.heads_overhead:.1f}% of the backbone) and "
                   f"{report.shallow_exit_params / 1e6:.3f}M params.", highlight=False)
     if latency is not None:
-        console.print(f"latency: {latency.warmup} warm-up + up to {latency.iters} timed iterations per cell; an exit's "
+        console.print(f"latency: {latency.warmup} warm-up + up to {latency.iters} interleaved timed rounds; an exit's "
                       f"time runs the network up to and including it; plain = the timm model's own forward.",
                       highlight=False)
     if expected is not None:
