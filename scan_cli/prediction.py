@@ -77,7 +77,11 @@ def _shallow(thresholds, num_exits: int) -> list:
     """A calibration's K entries (the last None) -> the K-1 shallow ones, inf -> None."""
     values = list(thresholds or [])[: num_exits - 1]
     values += [None] * (num_exits - 1 - len(values))
-    return [None if v is None or (isinstance(v, float) and math.isinf(v) and v > 0) else float(v) for v in values]
+    out = []
+    for v in values:
+        v = None if v is None else float(v)
+        out.append(None if v is None or v == math.inf else v)
+    return out
 
 
 def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str] = None,
