@@ -195,10 +195,23 @@ def resolve_device(device: Optional[str]):
     return dev
 
 
+def use_channels_last(mode: Optional[str], model) -> bool:
+    """--channels-last auto|on|off. auto: on for convolutional backbones (on CPU it roughly halves
+    the time of the exit heads' 1x1 convolutions at full resolution; on CUDA it is the fast
+    layout), off for ViTs, whose blocks do not see 4-D tensors."""
+    mode = (mode or "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        raise UsageError(f"--channels-last '{mode}': use auto, on or off")
+    if mode == "auto":
+        return getattr(model.backbone, "family", "") != "vit"
+    return mode == "on"
+
+
 def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,
                   backbone_macs: float, batch_size: int = 64, workers: int = 0, device=None,
-                  top_k: int = 1, progress: bool = True) -> PredictionReport:
-    """Early-exit predictions for image files. ``costs[k]`` is the cumulative MACs of exit k."""
+                  top_k: int = 1, progress: bool = True, channels_last: bool = False) -> PredictionReport:
+    """Early-exit predictions for image files. ``costs[k]`` is the cumulative MACs of exit k.
+    ``channels_last`` converts the model (in place) and each batch to the NHWC layout."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -215,6 +228,9 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     K = model.num_exits
     k_top = min(top_k, len(classes))
     model.eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     dataset = ImageFiles(paths, transform)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_images, pin_memory=(device.type == "cuda"))
@@ -228,7 +244,8 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
                 errors[index] = error
             if images is None:
                 continue
-            out = model.early_exit(images.to(device, non_blocking=True), policy.thresholds, policy.score, policy.fallback)
+            x = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+            out = model.early_exit(x, policy.thresholds, policy.score, policy.fallback)
             probs = torch.softmax(out.logits.float(), dim=-1)
             top_p, top_i = probs.topk(k_top, dim=-1)
             exit_idx = out.exit_index.tolist()
@@ -248,7 +265,8 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     predictions = [preds[i] for i in sorted(preds)]
     error_list = [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]
     summary = summarize(predictions, len(error_list), K, costs, backbone_macs, seconds)
-    summary.update(policy=policy.to_dict(), device=str(device), batch_size=batch_size, workers=workers)
+    summary.update(policy=policy.to_dict(), device=str(device), batch_size=batch_size, workers=workers,
+                   channels_last=bool(channels_last))
     return PredictionReport(predictions, error_list, summary)
 
 
@@ -293,7 +311,7 @@ def load_for_prediction(run: Optional[str], device=None):
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None,
-            top_k: int = 1, progress: bool = True) -> PredictionReport:
+            top_k: int = 1, progress: bool = True, channels_last: Optional[str] = "auto") -> PredictionReport:
     """`scan predict`: find the images, load the run, choose the thresholds, predict."""
     from .images import find_images
 
@@ -301,6 +319,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: give a positive number")
+    if (channels_last or "auto").lower() not in ("auto", "on", "off"):
+        raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
     paths = find_images(list(inputs))
     dev = resolve_device(device)
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
@@ -309,7 +329,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
                            backbone_macs=backbone_macs, batch_size=batch_size,
                            workers=default_workers() if workers is None else workers, device=dev,
-                           top_k=top_k, progress=progress)
+                           top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model))
     report.summary["run"] = str(run_dir)
     return report
 

@@ -227,6 +227,18 @@ def test_bad_threshold_flags_are_usage_errors(run_cli, run, images):
     assert code == 2
     code, _, err = run_cli("predict", str(images), "--run", str(run), "--score", "margin")
     assert code == 2 and "calibrated for score 'max_softmax'" in err
+    code, _, err = run_cli("predict", str(images), "--run", str(run), "--channels-last", "maybe")
+    assert code == 2 and "--channels-last" in err
+
+
+def test_layouts_agree(run_cli, run, images, thresholds):
+    text = ",".join("none" if t is None else repr(t) for t in thresholds)
+    docs = {}
+    for mode in ("on", "off"):
+        code, doc, _ = predict_json(run_cli, images, "--run", run, "--thresholds", text, "--channels-last", mode)
+        assert code == 0 and doc["summary"]["channels_last"] is (mode == "on")
+        docs[mode] = [(p["label"], p["exit"]) for p in doc["predictions"]]
+    assert docs["on"] == docs["off"] and len({e for _, e in docs["on"]}) >= 3
 
 
 def test_target_acc_override(run_cli, run, images, monkeypatch):

@@ -315,6 +315,29 @@ def test_given_thresholds_equal_the_cascade_simulation(loaded, images, fallback)
     assert cost.tolist() == [p.macs for p in report.predictions]
 
 
+def test_channels_last_gives_the_same_answers(run_dir, images):
+    from scan_cli.artifact import load
+    from scan_cli.data import eval_transform
+    from scan_cli.prediction import use_channels_last
+
+    model, info = load(run_dir / "model.safetensors")  # its own copy: the layout is changed in place
+    x = decoded_batch(images, info)
+    with torch.no_grad():
+        logits = torch.stack([o.float() for o in model(x)], dim=1)
+    thresholds = spread_thresholds(logits)
+    ref_pred, ref_exit = simulate_cascade(logits, thresholds)
+    loaded = (model, info, eval_transform(info.data_config, info.input_size))
+    report = _predict(loaded, images, thresholds, batch_size=8, channels_last=True)
+    assert report.summary["channels_last"] is True
+    assert any(p.dim() == 4 and p.shape[2] > 1 and not p.is_contiguous()
+               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
+    assert [p.class_index for p in report.predictions] == ref_pred.tolist()
+    assert [p.exit_index for p in report.predictions] == ref_exit.tolist()
+    assert use_channels_last("auto", model) is True and use_channels_last("off", model) is False
+    with pytest.raises(UsageError):
+        use_channels_last("sometimes", model)
+
+
 def test_results_do_not_depend_on_the_batch_size(loaded, images):
     model, info, _ = loaded
     x = decoded_batch(images, info)

@@ -38,6 +38,7 @@ def predict_command(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: min(4, CPUs - 1); 0 = in this process)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
+    channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
 ):
@@ -45,7 +46,8 @@ def predict_command(
     from ._output import info, print_json
 
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
-                     batch_size=batch_size, workers=workers, device=device, top_k=top_k)
+                     batch_size=batch_size, workers=workers, device=device, top_k=top_k,
+                     channels_last=channels_last)
     if as_json:
         print_json(report.to_dict())
     else:
