@@ -181,6 +181,14 @@ def default_workers() -> int:
     return max(0, min(4, cpus - 1))
 
 
+def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> int:
+    """--workers, or by default min(4, CPUs - 1) decoding processes; none when every image fits in
+    one batch, where a worker could overlap nothing and only adds its start-up time."""
+    if workers is not None:
+        return workers
+    return default_workers() if num_images > batch_size else 0
+
+
 def resolve_device(device: Optional[str]):
     import torch
 
@@ -328,7 +336,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                          score=score, fallback=fallback)
     report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
                            backbone_macs=backbone_macs, batch_size=batch_size,
-                           workers=default_workers() if workers is None else workers, device=dev,
+                           workers=_workers_for(workers, len(paths), batch_size), device=dev,
                            top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model))
     report.summary["run"] = str(run_dir)
     return report

@@ -398,6 +398,15 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
     assert not list(out.parent.glob(".*tmp*"))
 
 
+def test_default_workers():
+    from scan_cli.prediction import _workers_for, default_workers
+
+    assert 0 <= default_workers() <= 4
+    assert _workers_for(None, 10, 64) == 0  # one batch: nothing to overlap
+    assert _workers_for(None, 200, 64) == default_workers()
+    assert _workers_for(3, 10, 64) == 3  # an explicit --workers always wins
+
+
 def test_find_images_errors_are_one_line(tmp_path):
     from scan_cli.images import find_images
 
