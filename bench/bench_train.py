@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--channels-last", action="store_true", help="NHWC layout for every variant")
     p.add_argument("--out", default="bench/results/train.md")
     a = p.parse_args()
 
@@ -90,6 +91,11 @@ def main() -> None:
     heads.train()
     heads.backbone.eval()
 
+    if a.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for m in (plain, joint, heads):
+            m.to(memory_format=torch.channels_last)
+
     results = {}
     for name, step in (("plain backbone (CE only)", plain_step), ("SCAN joint", scan_step_for(joint)),
                        ("SCAN heads-only (frozen backbone)", scan_step_for(heads))):
@@ -101,10 +107,11 @@ def main() -> None:
     joint_rate = results["SCAN joint"]
     heads_rate = results["SCAN heads-only (frozen backbone)"]
     lines = [
-        f"## Training throughput: {a.backbone} at {a.img_size} px, batch {a.batch}, {a.classes} classes",
+        f"## Training throughput: {a.backbone} at {a.img_size} px, batch {a.batch}, {a.classes} classes"
+        + (", channels_last" if a.channels_last else ""),
         "",
         f"Machine: {machine()}. Command: `python bench/bench_train.py --backbone {a.backbone} --img-size {a.img_size} "
-        f"--batch {a.batch} --steps {a.steps}`. Random images (model time only), {a.warmup} warm-up + {a.steps} timed SGD steps each.",
+        f"--batch {a.batch} --steps {a.steps}{' --channels-last' if a.channels_last else ''}`. Random images (model time only), {a.warmup} warm-up + {a.steps} timed SGD steps each.",
         "",
         "| variant | images/s | ratio |",
         "|---|---:|---:|",
