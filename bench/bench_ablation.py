@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in VARIANTS:
             cmd = [sys.executable, "-m", "scan_cli", "fit", "--recipe", a.recipe, "--seed", str(a.seed),
-                   "--out", str(Path(tmp) / name.split()[0]), "--json", *flags]
+                   "--out", str(Path(tmp) / f"variant{len(rows)}"), "--json", *flags]
             if a.epochs:
                 cmd += ["--epochs", str(a.epochs)]
             t = time.perf_counter()
