@@ -256,3 +256,10 @@ def test_heads_mode_keeps_a_matching_classifier(folder, tmp_path):
     trained = load_file(str(out / "model.safetensors"))
     assert torch.equal(trained["backbone.model.fc.weight"], backbone.model.fc.weight)
     assert not torch.equal(trained["heads.0.fc.weight"], torch.zeros_like(trained["heads.0.fc.weight"]))
+
+
+def test_pretrained_offline_fails_at_once(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ScanError, match="--weights FILE"):
+        fit(FitOptions(backbone="test_resnet", recipe=tiny_recipe(data=str(folder), pretrained=True), out=tmp_path / "p"))
+    assert not (tmp_path / "p").exists()
