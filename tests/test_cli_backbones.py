@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 
 def test_backbones_json(run_cli):
@@ -53,14 +52,11 @@ def test_plugins_json(run_cli):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = "import time,sys; t=time.time(); from scan_cli.cli import app; print('torch' in sys.modules, 'timm' in sys.modules)"
+    code = "import sys; from scan_cli.cli import app; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
-    t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "scan_cli", "--help"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    assert res.returncode == 0 and "fit" in res.stdout
-    assert elapsed < 5  # the 1.5 s budget is checked in bench/, not here (no timed assertions)
+    assert res.returncode == 0 and all(c in res.stdout for c in ("fit", "calibrate", "evaluate", "profile", "predict"))
 
 
 def test_debug_shows_traceback():
