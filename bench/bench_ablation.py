@@ -27,7 +27,7 @@ VARIANTS = [
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_train import machine
+    from bench_train import append_results, machine
 
     p = argparse.ArgumentParser()
     p.add_argument("--recipe", default="digits-cpu")
@@ -62,11 +62,7 @@ def main() -> None:
         t = doc["test"]
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.2f}" for x in t["exits"]) +
                      f" | {100 * t['ensemble']:.2f} | {seconds:.0f} s |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = out.read_text() if out.exists() else "# Ablation (SCAN paper, Table style)\n\n"
-    out.write_text(previous + "\n".join(lines) + "\n\n")
-    print("\n".join(lines))
+    append_results(Path(a.out), "# Ablation (SCAN paper, Table style)", lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def append_results(out: Path, title: str, lines: list) -> None:
+    """Append a section to a results file (created with ``title``) and echo it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = out.read_text() if out.exists() else f"{title}\n\n"
+    out.write_text(previous + "\n".join(lines) + "\n\n")
+    print("\n".join(lines))
+
+
 def time_steps(step, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
@@ -120,11 +128,7 @@ def main() -> None:
         f"| SCAN heads-only (frozen backbone) | {heads_rate:.1f} | {heads_rate / joint_rate:.2f}x joint (goal >= 2.5x) |",
         "",
     ]
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = out.read_text() if out.exists() else "# Training throughput\n\n"
-    out.write_text(previous + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    append_results(Path(a.out), "# Training throughput", lines)
 
 
 if __name__ == "__main__":
