@@ -7,6 +7,8 @@ model of a supported family is resolved on demand from a dry-run forward.
 
 from __future__ import annotations
 
+import math
+
 from ..contract import BackboneSpec, Provider, SplitPoint
 
 # timm model class name -> family name
@@ -134,7 +136,7 @@ def _adapter_class():
             n = tokens.shape[1]
             gh, gw = self.model.patch_embed.grid_size
             if gh * gw != n:  # another input size than the model was built for
-                gh = gw = int(round(n ** 0.5))
+                gh = gw = math.isqrt(int(n))
             return tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
         def reset_classifier(self, num_classes: int) -> None:
