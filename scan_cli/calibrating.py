@@ -67,6 +67,8 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
                   fallback=None, split: str = "val", save: bool = True, plot: Optional[Path] = None,
                   device: str = "cpu", seed: int = 0) -> dict:
     """Choose per-exit thresholds on the run's validation split; write them into the artifact."""
+    import numpy as np
+
     from . import artifact, calibration
     from .inference import exit_correctness
     from .runs import model_path
@@ -86,7 +88,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     cumulative, backbone_macs = costs_of(run_dir, model, info)
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
-    data = calibration.CascadeData(scores=scores, correct=correct, costs=__import__("numpy").asarray(cumulative, dtype=float))
+    data = calibration.CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
     result = calibration.calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
                                    confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError, UsageError
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -189,20 +189,6 @@ def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> in
     return default_workers() if num_images > batch_size else 0
 
 
-def resolve_device(device: Optional[str]):
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ScanError(f"--device {device}: CUDA is not available on this machine: use --device cpu")
-    return dev
-
-
 def use_channels_last(mode: Optional[str], model) -> bool:
     """--channels-last auto|on|off. auto: on for convolutional backbones (on CPU it roughly halves
     the time of the exit heads' 1x1 convolutions at full resolution; on CUDA it is the fast
@@ -330,6 +316,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     if (channels_last or "auto").lower() not in ("auto", "on", "off"):
         raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
     paths = find_images(list(inputs))
+    from .devices import resolve_device
+
     dev = resolve_device(device)
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
     policy = exit_policy(info, run_dir, model.num_exits, thresholds=thresholds, target_acc=target_acc,

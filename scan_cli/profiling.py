@@ -297,8 +297,6 @@ def count_macs(model, input_size: int, handles: Optional[dict] = None) -> MacRep
 
     Each piece is fed the real activation of the previous one (a forward on a random image).
     ``handles``: extra op handles (default ``default_handles()``; ``{}`` = fvcore's defaults only)."""
-    import torch
-
     was_training = model.training
     model.eval()
     # batch-1 tracing gains little from threads and suffers badly when the cores are shared
@@ -518,15 +516,9 @@ def expected_cost(report: MacReport, calibration: dict) -> ExpectedCost:
 
 # -- measured latency ---------------------------------------------------------------------------
 def resolve_device(device: str = "auto") -> str:
-    import torch
+    from .devices import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UsageError
-
-        raise UsageError("--device cuda asked for but torch sees no CUDA device: use --device cpu")
-    return device
+    return str(resolve(device))
 
 
 def plain_backbone(model):

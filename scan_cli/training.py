@@ -89,16 +89,15 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def pick_device(requested: Optional[str], dist_info: DistInfo):
+    """The --device rule, plus one GPU per process under torchrun."""
     import torch
 
-    if requested in (None, "auto"):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScanError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-        if dist_info.enabled:
-            return torch.device("cuda", dist_info.local_rank)
-    return torch.device(requested)
+    from .devices import resolve_device
+
+    device = resolve_device(requested)
+    if device.type == "cuda" and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
+    return device
 
 
 def lr_at(recipe: Recipe, epoch: int, step_fraction: float = 0.0) -> float:
@@ -260,10 +259,10 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     from . import artifact
     from .data import load_data, make_loader
     from .inference import collect_exit_outputs
-    from .model import HeadConfig, build_scan_model
+    from .model import HeadConfig
     from .progress import make_progress
     from .registry import default_registry
-    from .runs import mark_latest, new_run_dir
+    from .runs import mark_latest
 
     recipe = opts.recipe
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
