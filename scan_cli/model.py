@@ -74,6 +74,25 @@ class ExitHead(nn.Module):
         return (logits, feature) if return_feature else logits
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x, scale: float):
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGrad.apply(x, float(scale))
+
+
 class EarlyExitOutput(NamedTuple):
     logits: torch.Tensor  # [B, C] the logits each image was answered with
     exit_index: torch.Tensor  # [B] long, the exit that answered
@@ -127,9 +146,12 @@ class ScanModel(nn.Module):
             h = self.backbone.forward_unit(name, h)
         return h
 
-    def exit_logits(self, k: int, h, return_feature: bool = False):
+    def exit_logits(self, k: int, h, return_feature: bool = False, grad_scale: float = 1.0):
         if k < len(self.heads):
-            fmap = self.attentions[k](self.backbone.to_feature_map(h))
+            fmap = self.backbone.to_feature_map(h)
+            if grad_scale != 1.0:  # training only: how much of this exit's gradient reaches the backbone
+                fmap = scale_grad(fmap, grad_scale)
+            fmap = self.attentions[k](fmap)
             return self.heads[k](fmap, return_feature=return_feature)
         post = self.backbone.forward_post(h)
         if not return_feature:
@@ -138,12 +160,14 @@ class ScanModel(nn.Module):
         return self.backbone.classify(feature), feature
 
     # -- full forward: every exit ---------------------------------------------------------------
-    def forward(self, x, return_features: bool = False):
+    def forward(self, x, return_features: bool = False, exit_grad_scale: float = 1.0):
+        """Every exit's logits. ``exit_grad_scale`` scales the gradient that shallow exits send
+        into the backbone (1 = the paper, 0 = the backbone learns from the last exit only)."""
         h = self.stem(x)
         logits, features = [], []
         for k in range(self.num_exits):
             h = self.section(k, h)
-            out = self.exit_logits(k, h, return_feature=return_features)
+            out = self.exit_logits(k, h, return_feature=return_features, grad_scale=exit_grad_scale)
             if return_features:
                 logits.append(out[0])
                 features.append(out[1])

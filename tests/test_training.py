@@ -173,8 +173,6 @@ def test_resume_ends_with_identical_weights(folder, tmp_path):
 def test_heads_mode_keeps_the_backbone_fixed(folder, tmp_path):
     from safetensors.torch import load_file
 
-    from scan_cli.training import load_backbone_weights  # noqa: F401  (weights path is exercised below)
-
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
     from scan_cli.registry import default_registry
