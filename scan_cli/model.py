@@ -184,7 +184,10 @@ class ScanModel(nn.Module):
         Images that fire leave the batch; only the rest run the next section. ``thresholds`` has
         one entry per shallow exit (a K-th entry, if given, is ignored: the last exit always
         answers); ``None`` or ``inf`` means the exit never fires. ``fallback='ensemble'`` answers
-        images that reach the end with the mean of all exits' logits (the paper's choice)."""
+        images that reach the end with the mean of all exits' logits (the paper's choice).
+
+        An exit that never fires runs nothing (no attention, no head) unless the ensemble fallback
+        needs its logits, so ``thresholds`` all ``None`` costs exactly the plain backbone."""
         batch = x.shape[0]
         K = self.num_exits
         out_logits = x.new_empty((batch, self.num_classes), dtype=torch.float32)
@@ -195,6 +198,10 @@ class ScanModel(nn.Module):
         h = self.stem(x)
         for k in range(K):
             h = self.section(k, h)
+            t = thresholds[k] if k < len(thresholds) else None
+            disabled = k < K - 1 and (t is None or t == float("inf"))
+            if disabled and fallback != "ensemble":
+                continue  # this exit cannot answer and nothing needs its logits: skip its head
             logits = self.exit_logits(k, h).float()
             if fallback == "ensemble":
                 running_sum = logits if running_sum is None else running_sum + logits
@@ -203,8 +210,7 @@ class ScanModel(nn.Module):
                 out_logits[active] = final
                 out_conf[active] = confidence(final, score)
                 break
-            t = thresholds[k] if k < len(thresholds) else None
-            if t is None or t == float("inf"):
+            if disabled:
                 continue
             conf = confidence(logits, score)
             fire = conf >= t

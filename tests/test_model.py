@@ -75,3 +75,37 @@ def test_ensemble_fallback_is_mean_of_exits(model):
         outs = model(x)
     res = model.early_exit(x, [None, None, None], fallback="ensemble")
     assert torch.allclose(res.logits, torch.stack(outs).mean(0), atol=1e-5)
+
+
+def _spy_modules(model, monkeypatch):
+    """Count calls of every attention module and exit head."""
+    calls = []
+    for kind, mods in (("attention", model.attentions), ("head", model.heads)):
+        for k, m in enumerate(mods):
+            original = m.forward
+
+            def spy(*a, _orig=original, _tag=(kind, k), **kw):
+                calls.append(_tag)
+                return _orig(*a, **kw)
+
+            monkeypatch.setattr(m, "forward", spy)
+    return calls
+
+
+def test_a_disabled_exit_runs_no_attention_and_no_head(model, monkeypatch):
+    calls = _spy_modules(model, monkeypatch)
+    x = torch.randn(4, 3, 64, 64)
+    res = model.early_exit(x, [None, float("inf"), None])
+    assert calls == []  # never-firing exits cost nothing: the plain backbone ran, nothing else
+    with torch.no_grad():
+        plain = model.backbone(x)
+    assert torch.allclose(res.logits, plain, atol=1e-5) and bool((res.exit_index == 3).all())
+    calls.clear()
+    model.early_exit(x, [None, 1.1, None])  # exit 2 can never fire (max softmax <= 1) but is enabled
+    assert calls == [("attention", 1), ("head", 1)]
+
+
+def test_the_ensemble_fallback_still_needs_every_head(model, monkeypatch):
+    calls = _spy_modules(model, monkeypatch)
+    model.early_exit(torch.randn(2, 3, 64, 64), [None, None, None], fallback="ensemble")
+    assert sorted(set(calls)) == [("attention", k) for k in range(3)] + [("head", k) for k in range(3)]
