@@ -106,16 +106,43 @@ def finite(obj):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half file."""
+    """Call ``write(tmp_path)``, make it durable, then rename it over ``path``: a crash or a full disk
+    never leaves a half file, and the previous file stays readable until the rename.
+
+    The file gets the permissions the umask gives new files (some writers create 0600 files), is
+    fsync-ed before the rename, and the folder after it, so the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def save(model, info: ArtifactInfo, path: Path) -> None:

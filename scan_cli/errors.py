@@ -11,3 +11,9 @@ class UsageError(ScanError):
     """The command line itself is wrong (bad flag value, contradictory options). Exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(ScanError):
+    """Ctrl-C: the message says what was kept and how to continue. Exit code 130, like a shell."""
+
+    exit_code = 130

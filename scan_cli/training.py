@@ -178,6 +178,7 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list, dict]:
 
 
 def read_checkpoint_recipe(run_dir: Path) -> tuple[Recipe, dict]:
+    """The resolved recipe a run was trained with, and its extra metadata (backbone, recipe name)."""
     from safetensors import safe_open
 
     path = Path(run_dir) / CHECKPOINT_FILE
@@ -270,6 +271,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     device = pick_device(opts.device, dist_info)
     torch.manual_seed(recipe.seed)
 
+    if opts.resume:
+        _check_resumable(Path(opts.resume), recipe)
     registry = default_registry()
     spec = registry.get(opts.backbone)
     mode = resolve_mode(recipe, opts.weights is not None)
@@ -286,10 +289,6 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     classes = list(splits.classes)
     if len(classes) < 2:
         raise ScanError(f"the data has {len(classes)} class: a classifier needs at least two")
-    if dist_info.is_main:
-        log.info(describe(recipe, opts.recipe_name))
-        if opts.recipe_name is None and not opts.resume:
-            log.info(f"hint: shipped recipes ({', '.join(sorted(available()))}) set everything at once: --recipe NAME")
 
     head = HeadConfig.preset(recipe.heads, width=recipe.head_width, attention=recipe.attention)
     model = _build_model(spec, recipe, classes, head, img_size, opts)
@@ -319,7 +318,16 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     start_epoch, history = 0, []
     if opts.resume:
         start_epoch, history, _ = load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
-        log.info(f"resuming {run_dir} after epoch {start_epoch}")
+        log.info(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
+    elif dist_info.is_main:
+        log.info(f"run {run_dir}")
+    if dist_info.is_main:
+        log.info(describe(recipe, opts.recipe_name))
+        if opts.recipe_name is None and not opts.resume:
+            log.info(f"hint: shipped recipes ({', '.join(sorted(available()))}) set everything at once: --recipe NAME")
+        sizes = ", ".join(f"{k} {'streamed' if v is None else v}" for k, v in splits.split_sizes.items())
+        log.info(f"device {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else "") +
+                 f"; {len(classes)} classes; {sizes} images")
 
     train_model = model
     if dist_info.enabled:
@@ -362,9 +370,17 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                     import torch.distributed as dist
 
                     dist.barrier()
-    except BaseException:
-        if created and dist_info.is_main and not (run_dir / CHECKPOINT_FILE).exists():
+    except BaseException as exc:
+        kept = (run_dir / CHECKPOINT_FILE).exists()
+        if created and dist_info.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
+        if isinstance(exc, KeyboardInterrupt) and dist_info.is_main:
+            from .errors import Interrupted
+
+            if kept:
+                raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)}: continue "
+                                  f"with 'scan fit --resume {run_dir}'") from None
+            raise Interrupted("interrupted before the first epoch ended: nothing was kept") from None
         raise
 
     if not dist_info.is_main:
@@ -469,11 +485,32 @@ def _amp_dtype(amp: str, device):
     return torch.float16
 
 
+def checkpoint_epoch(run_dir: Path) -> int:
+    """Epochs done according to the run's checkpoint (its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(run_dir) / CHECKPOINT_FILE), framework="pt") as f:
+        return int(f.metadata()["epoch"])
+
+
+def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
+    """A finished run is left untouched; extending one drops its calibration (new weights)."""
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
+    done = checkpoint_epoch(run_dir)
+    if done >= recipe.epochs:
+        raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
+                        f"to train it longer, pass --epochs N with N > {done}")
+    if (run_dir / MODEL_FILE).is_file():
+        log.warning(f"{run_dir} is extended from {done} to {recipe.epochs} epochs: its model and any calibration "
+                    "are replaced at the end (run 'scan calibrate' again)")
+
+
 def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) -> tuple[Path, bool]:
     from .runs import new_run_dir
 
     if opts.resume:
-        return Path(opts.resume), False
+        return Path(opts.resume).resolve(), False
     run_dir = Path(opts.out) if opts.out else new_run_dir(backbone_id)
     created = not run_dir.exists()
     if dist_info.is_main:

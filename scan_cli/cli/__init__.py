@@ -12,7 +12,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import ScanError
+from ..errors import Interrupted, ScanError
 from . import backbones, plugins
 
 app = typer.Typer(
@@ -57,11 +57,18 @@ def main(argv=None) -> None:
     debug = os.environ.get("SCAN_DEBUG") == "1"
     try:
         app(args=argv, prog_name="scan")
+    except Interrupted as exc:  # Ctrl-C where the command has something to say (what was kept)
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
     except ScanError as exc:
         if debug:
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if exc.code == 130 and _from_ctrl_c(exc):  # typer turns Ctrl-C into exit 130 silently
+            sys.stderr.write("interrupted\n")
+        raise
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -71,3 +78,13 @@ def main(argv=None) -> None:
         first = str(exc).splitlines()[0] if str(exc) else ""
         sys.stderr.write(f"error: {type(exc).__name__}: {first} (set SCAN_DEBUG=1 for the traceback)\n")
         sys.exit(1)
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -61,9 +61,22 @@ def fit_command(
                  val_fraction=val_fraction, seed=seed, workers=workers, amp=amp)
     recipe_name = recipe
     if resume is not None:
+        resume = resume.resolve()
         resolved, extra = read_checkpoint_recipe(resume)
-        backbone = backbone or extra.get("backbone")
+        _refuse_changes_on_resume(resolved, extra, dict(flags, backbone=backbone, recipe=recipe, out=out,
+                                                        weights=weights, ema=ema or None, image_column=image_column,
+                                                        label_column=label_column, streaming=streaming or None))
+        backbone = extra.get("backbone")
         recipe_name = extra.get("recipe_name")
+        if epochs is not None:  # the one setting a resumed run may change: train longer (the lr horizon follows)
+            from dataclasses import replace
+
+            resolved = replace(resolved, epochs=epochs)
+            resolved.validate()
+        if workers is not None:
+            from dataclasses import replace
+
+            resolved = replace(resolved, workers=workers)
     else:
         resolved = load_recipe(recipe, flags)
         backbone = backbone or resolved.backbone
@@ -85,6 +98,21 @@ def fit_command(
         print_json(summary)
     else:
         _print_summary(summary)
+
+
+RESUME_CAN_CHANGE = ("epochs", "workers")  # plus --device and --json, which are not training settings
+
+
+def _refuse_changes_on_resume(recipe, extra: dict, given: dict) -> None:
+    """A resumed run keeps its settings: flags that would change them are usage errors."""
+    from ..errors import UsageError
+
+    stored = recipe.to_dict() | {"backbone": extra.get("backbone"), "recipe": extra.get("recipe_name")}
+    clash = [k for k, v in given.items() if v is not None and k not in RESUME_CAN_CHANGE and stored.get(k, object()) != v]
+    if clash:
+        names = ", ".join("--" + k.replace("_", "-") for k in clash)
+        raise UsageError(f"--resume continues a run with its own settings: {names} cannot change (only --epochs, "
+                         "--workers and --device can); drop them, or start a new run")
 
 
 def _resolved_for_print(recipe, backbone: str, has_weights: bool) -> dict:
