@@ -16,8 +16,10 @@ from .errors import ScanError, UsageError
 # What the exits learn from (see ``scan_cli.training.scan_loss``). ``paper`` is the official code's
 # loss, kept for reproduction; ``scan`` is the default, chosen by bench/results/quality.md.
 LOSS_PRESETS = {
-    "paper": dict(kd_lambda=0.5, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0),
-    "scan": dict(kd_lambda=0.5, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0),
+    "paper": dict(kd_lambda=0.5, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0,
+                  kd_teacher="last", last_weight=1.0),
+    "scan": dict(kd_lambda=0.5, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0,
+                 kd_teacher="last", last_weight=1.0),
 }
 SMALL_IMAGE = 64  # px: at or below, CIFAR-style training (pad-and-crop, weight decay 5e-4)
 NO_FLIP_DATA = ("digits", "mnist")  # hand-written digits are not mirror-symmetric
@@ -56,6 +58,8 @@ class Recipe:
     kd_ramp: Optional[float] = None  # KD weight ramps 0 -> kd_lambda over this fraction of training
     exit_weights: Optional[list] = None  # loss weight per shallow exit; None = the preset's, for each
     exit_grad: Optional[float] = None  # share of the shallow exits' gradient that reaches the backbone
+    kd_teacher: Optional[str] = None  # last (the paper: the deepest exit teaches) | ensemble (mean of all exits)
+    last_weight: Optional[float] = None  # loss weight of the deepest exit
     heads: str = "slim"  # slim | paper
     head_width: Optional[int] = None  # None = min(128, max(16, backbone features / 4))
     splits: Optional[list] = None  # module paths; None = the backbone's defaults
@@ -74,10 +78,11 @@ class Recipe:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("multistep", "cosine", "constant"),
                    "augment": ("auto", "rrc", "pad_crop", "none"), "mode": ("auto", "joint", "heads"),
                    "heads": ("slim", "paper"), "amp": ("auto", "bf16", "fp16", "off"),
-                   "channels_last": ("auto", "on", "off"), "loss": tuple(LOSS_PRESETS)}
+                   "channels_last": ("auto", "on", "off"), "loss": tuple(LOSS_PRESETS),
+                   "kd_teacher": (None, "last", "ensemble")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise UsageError(f"recipe value {key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                raise UsageError(f"recipe value {key}={getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
         for key in ("epochs", "batch_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise UsageError(f"{key} must be a whole number of at least 1, got {getattr(self, key)!r}")
@@ -92,6 +97,7 @@ class Recipe:
             "hint_weight": (0.0, None, True, "0 or more"),
             "kd_ramp": (0.0, 1.0, True, "a fraction of training in [0, 1]"),
             "exit_grad": (0.0, 1.0, True, "a share in [0, 1]"),
+            "last_weight": (0.0, None, False, "a positive weight such as 1"),
             "label_smoothing": (0.0, 1.0, True, "a number in [0, 1)"),
             "gamma": (0.0, None, False, "a positive factor such as 0.1"),
         }
@@ -116,7 +122,7 @@ def loss_settings(recipe: Recipe, num_shallow: int = 3) -> dict:
     """The loss keys with the preset filling what the recipe leaves None."""
     preset = LOSS_PRESETS[recipe.loss]
     out = {k: (preset[k] if getattr(recipe, k) is None else getattr(recipe, k))
-           for k in ("kd_lambda", "temperature", "hint_weight", "kd_ramp", "exit_grad")}
+           for k in ("kd_lambda", "temperature", "hint_weight", "kd_ramp", "exit_grad", "kd_teacher", "last_weight")}
     out["exit_weights"] = list(recipe.exit_weights) if recipe.exit_weights is not None else [preset["exit_weight"]] * num_shallow
     return out
 

@@ -38,31 +38,39 @@ def kd_weight(recipe: Recipe, progress: float) -> float:
 
 
 def scan_loss(logits, features, labels, recipe: Recipe, progress: float = 1.0):
-    """L = CE(z_K) + sum_{i<K} w_i [(1-l) CE(z_i) + l T^2 KL_T(z_K || z_i)] + h sum_{i<K} mse(f_i, f_K).
+    """L = w_K CE(z_K) + sum_{i<K} w_i [(1-l) CE(z_i) + l T^2 KL_T(t || z_i)] + h sum_{i<K} mse(f_i, f_K).
 
-    The deepest logits and features are detached (teacher). ``l`` is ``kd_weight`` at
-    ``progress``, ``w_i`` the recipe's exit weights, ``h`` its hint weight (missing values come
-    from the loss preset, ``recipes.loss_settings``). The feature hint is a mean squared error, so
-    it does not grow with the batch size as the paper's summed version does."""
+    The teacher ``t`` is detached: the deepest exit's logits (the paper), or with
+    ``kd_teacher = "ensemble"`` the mean of every exit's logits, which then also teaches the
+    deepest exit (its term becomes (1-l) CE + l T^2 KL too). ``l`` is ``kd_weight`` at ``progress``,
+    ``w_i`` the exit weights and ``w_K`` ``last_weight``, ``h`` the hint weight (values the recipe
+    leaves unset come from the loss preset, ``recipes.loss_settings``). The feature hint is a mean
+    squared error, so it does not grow with the batch size as the paper's summed version does."""
+    import torch
     import torch.nn.functional as F
 
     settings = loss_settings(recipe, len(logits) - 1)
     ce = lambda z: F.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)  # noqa: E731
-    deepest = logits[-1]
-    total = ce(deepest)
-    parts = {"ce_last": float(total.detach())}
-    teacher = deepest.detach()
     lam = kd_weight(recipe, progress)
     T = settings["temperature"]
-    for w, z in zip(settings["exit_weights"], logits[:-1]):
-        term = (1 - lam) * ce(z)
+    ensemble = settings["kd_teacher"] == "ensemble"
+    teacher = (torch.stack(logits).mean(0) if ensemble else logits[-1]).detach()
+
+    def term(z):
+        out = (1 - lam) * ce(z)
         if lam > 0:
             # KL rather than the paper's soft cross-entropy: same gradient, without the teacher's
             # entropy as a constant offset in the reported loss
             kd = F.kl_div(F.log_softmax(z / T, dim=-1), F.log_softmax(teacher / T, dim=-1),
                           reduction="batchmean", log_target=True)
-            term = term + lam * T * T * kd
-        total = total + w * term
+            out = out + lam * T * T * kd
+        return out
+
+    last = ce(logits[-1])
+    parts = {"ce_last": float(last.detach())}
+    total = settings["last_weight"] * (term(logits[-1]) if ensemble else last)
+    for w, z in zip(settings["exit_weights"], logits[:-1]):
+        total = total + w * term(z)
     if recipe.feature_hint and features is not None and settings["hint_weight"] > 0:
         target = features[-1].detach()
         for f in features[:-1]:
@@ -260,7 +268,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     from .data import load_data, make_loader
     from .inference import collect_exit_outputs
     from .model import HeadConfig
-    from .progress import make_progress
+    from .progress import StepClock, make_progress
     from .recipes import available, describe, resolve
     from .registry import default_registry
     from .runs import mark_latest
@@ -347,12 +355,16 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     try:
         with make_progress(transient=False) as progress:
             epoch_task = progress.add_task("epochs", total=recipe.epochs, completed=start_epoch, status="")
+            steps_per_epoch = _len(make_loader(splits.train, batch_size=recipe.batch_size, shuffle=False,
+                                               distributed=dist_info.enabled, drop_last=True, **loader_kw))
+            clock = StepClock(steps_per_epoch * recipe.epochs if steps_per_epoch else None,
+                              done_steps=(steps_per_epoch or 0) * start_epoch, log=None if dist_info.is_main else False)
             for epoch in range(start_epoch, recipe.epochs):
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
                                      distributed=dist_info.enabled, drop_last=True, **loader_kw)
                 stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
-                                     scaler, mode, channels_last, progress)
+                                     scaler, mode, channels_last, progress, clock, epoch_task)
                 if dist_info.is_main:
                     logits, labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
                     val = exit_accuracies(logits, labels)
@@ -365,7 +377,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                                            f"ensemble {val['ensemble']:.3f}", highlight=False)
                     if on_epoch:
                         on_epoch(epoch + 1, history)
-                progress.update(epoch_task, advance=1)
+                progress.update(epoch_task, completed=epoch + 1)
                 if dist_info.enabled:
                     import torch.distributed as dist
 
@@ -521,7 +533,7 @@ def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) ->
 
 
 def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype, scaler, mode,
-                 channels_last, progress) -> dict:
+                 channels_last, progress, clock=None, epoch_task=None) -> dict:
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
@@ -539,7 +551,12 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
             seen += images.shape[0]
             loss_sum += float(loss) * images.shape[0]
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}")
+            status = f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}"
+            progress.update(task, advance=1, status=status)
+            if epoch_task is not None and steps:  # fractional epochs, so the run's ETA is known from the first steps
+                progress.update(epoch_task, completed=epoch + (step + 1) / steps)
+            if clock is not None:
+                clock.tick(f"epoch {epoch + 1}/{recipe.epochs} step {step + 1}/{steps or '?'}  {status}")
     progress.remove_task(task)
     elapsed = time.perf_counter() - t0
     if seen == 0:

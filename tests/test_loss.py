@@ -120,3 +120,14 @@ def test_no_warning_within_noise():
     right[:6, 1] = False  # 6 vs 3: b - c = 3 < 2 * sqrt(9)
     right[6:9, 0] = False
     assert exit_order_warning(*_exit_logits(right)) is None
+
+
+def test_ensemble_teacher_also_teaches_the_deepest_exit():
+    lam, T = 0.4, 2.0
+    r = Recipe(kd_lambda=lam, temperature=T, kd_teacher="ensemble", feature_hint=False, exit_weights=[0.5], last_weight=2.0)
+    teacher = (Z_STUDENT + Z_TEACHER) / 2
+
+    def term(z):
+        return (1 - lam) * _ce(z, LABELS) + lam * T * T * _kl_teacher_student(z, teacher, T)
+
+    assert _loss(r) == pytest.approx(2.0 * term(Z_TEACHER) + 0.5 * term(Z_STUDENT), rel=1e-9)

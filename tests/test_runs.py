@@ -120,3 +120,22 @@ def test_atomic_write_follows_the_umask_and_keeps_the_old_file_on_failure(tmp_pa
         atomic_write(target, disk_full)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
+
+
+def test_without_a_terminal_training_logs_lines_with_a_run_eta(monkeypatch, caplog):
+    import logging
+
+    from scan_cli import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    clock = progress.StepClock(total_steps=20, done_steps=10, every=5.0, log=True)  # resumed half-way
+    with caplog.at_level(logging.INFO, logger="scan_cli"):
+        for _ in range(4):
+            now[0] += 2.0  # 2 s per step
+            clock.tick("epoch 2/2 step x")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("epoch 2/2")  # one line per 5 s, not one per step
+    assert clock.eta_seconds() == pytest.approx(6 * 2.0)  # 6 steps left at 2 s each
+    assert "ETA 0:00:14" in lines[0]  # logged after 3 steps: 7 left at 2 s
+    assert progress.StepClock(None).eta_seconds() is None
