@@ -1,0 +1,73 @@
+"""Loaders: a DataLoader whose order and augmentation seeds are a pure function of seed + epoch."""
+
+from __future__ import annotations
+
+import os
+
+
+def default_num_workers() -> int:
+    """min(4, cpu_count - 1), at least 0."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(
+    dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    collate_fn=None,
+):
+    """A DataLoader whose order and worker augmentation seeds are a pure function of seed + epoch.
+
+    Map-style data: shuffling uses torch.Generator().manual_seed(seed + epoch), which also seeds
+    the workers (torch derives each worker's torch/random/numpy seeds from it), so resuming at an
+    epoch boundary reproduces the epoch exactly. With num_workers=0 augmentation draws from the
+    main process's global RNGs, which the caller seeds. distributed: DistributedSampler(seed=seed,
+    shuffle=shuffle, drop_last=drop_last) with set_epoch(epoch); rank r > 0 adds r * 1_000_003 to
+    the generator seed so ranks do not share augmentation streams (rank 0 matches the single
+    process run). Streamed data (StreamingImages): shuffled through a seeded buffer, set to the
+    epoch, split over DDP ranks, workers capped at the shard count (see `streaming.py`).
+    Workers are not persistent; memory is pinned when CUDA is available.
+    """
+    import torch
+
+    if num_workers is None:
+        num_workers = default_num_workers()
+    rank, world = 0, 1
+    if distributed:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    generator = torch.Generator().manual_seed(int(seed) + int(epoch) + 1_000_003 * rank)
+    common = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        generator=generator,
+    )
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        if hasattr(dataset, "configured"):
+            dataset = dataset.configured(shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world)
+            shards = dataset.num_shards
+            if world > 1:
+                shards = max(1, shards // world) if shards % world == 0 else shards
+            common["num_workers"] = min(num_workers, shards)
+        return torch.utils.data.DataLoader(dataset, **common)
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
+    return torch.utils.data.DataLoader(dataset, shuffle=shuffle, **common)
