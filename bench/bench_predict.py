@@ -58,13 +58,13 @@ def machine() -> dict:
             "python": platform.python_version(), "load_1min_at_start": load}
 
 
-def write_test_pngs(info, folder: Path):
+def write_test_pngs(run_dir, info, folder: Path):
     """The run's test split as PNG files; returns (paths, labels)."""
     from PIL import Image
 
-    from scan_cli.calibrating import load_split
+    from scan_cli.data import run_split
 
-    dataset, _ = load_split(info, "test")
+    dataset, _ = run_split(run_dir, info, "test")
     images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
     if images is None:
         raise SystemExit("this benchmark needs an array-backed test split (the digits data)")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
               "calibration": cal, "exit_macs": costs, "backbone_macs": backbone_macs, "batches": {}}
 
     with tempfile.TemporaryDirectory(prefix="scan-bench-") as tmp:
-        paths, labels = write_test_pngs(info, Path(tmp) / "test")
+        paths, labels = write_test_pngs(run_dir, info, Path(tmp) / "test")
         n = len(paths)
         x_all = torch.stack([transform(open_rgb(p)) for p in paths])
         y = torch.tensor(labels)

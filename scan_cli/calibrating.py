@@ -10,46 +10,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError, UsageError
-
-EVAL_SPLITS = ("test", "val", "train", "all")
-
-
-def _recipe_of(info) -> dict:
-    return info.recipe or {}
-
-
-def load_split(info, split: str, data: Optional[str] = None, image_column=None, label_column=None):
-    """The dataset for ``split`` with the run's eval preprocessing (never augmentation)."""
-    from .data import load_data
-
-    recipe = _recipe_of(info)
-    splits = load_data(data if data is not None else recipe.get("data"), data_config=info.data_config,
-                       train_transform="none", img_size=info.input_size,
-                       val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0),
-                       image_column=image_column, label_column=label_column)
-    if data is None or data == recipe.get("data"):
-        if list(splits.classes) != list(info.classes):
-            raise ScanError("the run's data now has other classes than it was trained on: pass --data with the training data")
-    elif len(splits.classes) != len(info.classes):
-        raise ScanError(f"--data has {len(splits.classes)} classes, the model {len(info.classes)}: pass data with the model's classes")
-    if split == "all":
-        import torch.utils.data as tud
-
-        parts = [d for d in (splits.train, splits.val, splits.test) if d is not None]
-        return tud.ConcatDataset(parts), splits
-    dataset = getattr(splits, split)
-    if dataset is None:
-        raise ScanError(f"the data has no {split} split: pass --split val|all, or --data with a test split")
-    return dataset, splits
-
+from .errors import UsageError
 
 def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
     """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
-    from .data import make_loader
+    from .data import make_loader, run_split
     from .inference import cached_exit_outputs, collect_exit_outputs
 
-    dataset, _ = load_split(info, split, data)
+    dataset, _ = run_split(run_dir, info, split, data)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
     if data is None:
         return cached_exit_outputs(run_dir, split, make, model, device=device)
@@ -109,6 +77,7 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     import numpy as np
 
     from . import artifact, calibration
+    from .data import EVAL_SPLITS, run_recipe
     from .inference import exit_correctness
     from .runs import model_path
     from .training import exit_accuracies
@@ -118,7 +87,7 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     run_dir = Path(run_dir)
     model, info = artifact.load(model_path(run_dir), device=device)
     logits, labels = exit_outputs(run_dir, model, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or _recipe_of(info).get("data"), "n": int(labels.numel())}
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel())}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]

@@ -671,57 +671,6 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
 
 
 # -- the real cascade on validation images ------------------------------------------------------
-def validation_batches(run_dir: Path, info, batch_size: int, max_images: Optional[int] = None):
-    """``(batches, None)``: up to ``max_images`` validation images of the run's data as a list of
-    image tensors (eval preprocessing, the split ``scan fit`` held out), or ``(None, reason)``.
-
-    The data settings come from ``run_dir/recipe.json`` (written by ``scan fit``: ``data``,
-    ``val_fraction``, ``seed``), else from the recipe stored in the artifact; images are loaded with
-    ``scan_cli.data.load_data`` at the artifact's input size and batched by ``make_loader``."""
-    from .runs import RECIPE_FILE
-
-    recipe_file = Path(run_dir) / RECIPE_FILE
-    recipe = None
-    if recipe_file.is_file():
-        try:
-            recipe = json.loads(recipe_file.read_text())
-        except (OSError, ValueError) as exc:
-            return None, f"{recipe_file} is unreadable ({type(exc).__name__}): re-run 'scan fit'"
-    elif isinstance(getattr(info, "recipe", None), dict):
-        recipe = info.recipe
-    if not isinstance(recipe, dict) or "data" not in recipe:
-        return None, f"{recipe_file} (written by 'scan fit') is missing or names no data, so the validation split is unknown"
-    try:
-        from . import data as data_mod
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.data":
-            raise
-        return None, "this scan_cli has no data module (scan_cli.data) to load validation images"
-    try:
-        splits = data_mod.load_data(recipe["data"], data_config=info.data_config, train_transform="none",
-                                    img_size=int(info.input_size), val_fraction=recipe.get("val_fraction", 0.1),
-                                    seed=recipe.get("seed", 0), splits=("val",))
-    except ScanError as exc:
-        return None, f"the run's data could not be loaded ({exc})"
-    val = getattr(splits, "val", None)
-    if val is None:
-        return None, f"data '{recipe['data']}' has no validation split"
-    loader = data_mod.make_loader(val, batch_size=batch_size, shuffle=False, num_workers=0)
-    batches, n = [], 0
-    for batch in loader:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if max_images is not None and n + images.shape[0] > max_images:
-            images = images[: max_images - n]
-        if images.shape[0]:
-            batches.append(images)
-        n += int(images.shape[0])
-        if max_images is not None and n >= max_images:
-            break
-    if not batches:
-        return None, f"data '{recipe['data']}' has an empty validation split"
-    return batches, None
-
-
 @dataclass
 class CascadeTiming:
     images: int

@@ -1,7 +1,8 @@
 """Data: sources, splits, transforms and loaders, one module each (the way timm's `data/readers` is laid out).
 
 `load_data(spec, ...)` (`factory.py`) turns one `--data` value into train / validation / test
-datasets whose items are `(image_tensor [3, H, W] float, label int)`; every command calls it.
+datasets whose items are `(image_tensor [3, H, W] float, label int)`; every command calls it,
+directly or through `splits.run_data` (a run's data again, split as it was when it trained).
 
 | module | job |
 |---|---|
@@ -10,11 +11,11 @@ datasets whose items are `(image_tensor [3, H, W] float, label int)`; every comm
 | `folder.py` | image folders, flat or `train/ val/ test/` |
 | `hf.py` | `datasets` sources: saved datasets, parquet/arrow, map-style and streamed |
 | `hub.py` | Hub ids and aliases, paths vs ids, failing fast offline |
-| `splits.py` | which examples are train / val / test; `DataSplits` |
+| `splits.py` | which examples are train / val / test; `DataSplits`; a run's data again |
 | `dataset.py` | map-style datasets that survive undecodable images |
 | `streaming.py` | `StreamingImages` (torch IterableDataset over a streamed `datasets` split) |
 | `transforms.py` | timm data config -> eval and training transforms |
-| `loader.py` | `make_loader` (seeded, DDP-aware) |
+| `loader.py` | `make_loader` (seeded, DDP-aware), preloaded validation batches |
 
 Nothing in this package imports torch, timm, datasets or scikit-learn at module level, and this
 `__init__` imports no submodule until one of the names below is used (PEP 562), so `scan --help`
@@ -37,6 +38,10 @@ _EXPORTS = {
     "looks_like_path": "hub",
     "resolve_alias": "hub",
     "SPLITS": "splits",
+    "EVAL_SPLITS": "splits",
+    "run_data": "splits",
+    "run_recipe": "splits",
+    "run_split": "splits",
     "DataSplits": "splits",
     "ArrayImages": "dataset",
     "FileImages": "dataset",
@@ -54,6 +59,7 @@ _EXPORTS = {
     "train_transform": "transforms",
     "default_num_workers": "loader",
     "make_loader": "loader",
+    "validation_batches": "loader",
 }
 
 __all__ = sorted(_EXPORTS)

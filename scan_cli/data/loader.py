@@ -1,8 +1,13 @@
-"""Loaders: a DataLoader whose order and augmentation seeds are a pure function of seed + epoch."""
+"""Loaders: a DataLoader whose order and augmentation seeds are a pure function of seed + epoch,
+and the run's validation images as preloaded batches (for timing the real cascade)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ScanError
 
 
 def default_num_workers() -> int:
@@ -71,3 +76,41 @@ def make_loader(
         sampler.set_epoch(epoch)
         return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
     return torch.utils.data.DataLoader(dataset, shuffle=shuffle, **common)
+
+
+def validation_batches(run_dir: Path, info, batch_size: int, max_images: Optional[int] = None):
+    """``(batches, None)``: up to ``max_images`` validation images of the run's data as a list of
+    image tensors (eval preprocessing, the split ``scan fit`` held out), or ``(None, reason)``.
+
+    The data settings are what the run recorded (``splits.run_recipe``); the split is rebuilt by
+    ``splits.run_data`` at the artifact's input size and batched by ``make_loader``."""
+    from ..runs import RECIPE_FILE
+    from .splits import run_data, run_recipe
+
+    try:
+        recipe = run_recipe(run_dir, info)
+    except ScanError as exc:
+        return None, str(exc)
+    if "data" not in recipe:
+        return None, f"{Path(run_dir) / RECIPE_FILE} (written by 'scan fit') is missing or names no data, so the validation split is unknown"
+    try:
+        splits = run_data(run_dir, info, recipe=recipe, splits=("val",))
+    except ScanError as exc:
+        return None, f"the run's data could not be loaded ({exc})"
+    val = getattr(splits, "val", None)
+    if val is None:
+        return None, f"data '{recipe['data']}' has no validation split"
+    loader = make_loader(val, batch_size=batch_size, shuffle=False, num_workers=0)
+    batches, n = [], 0
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if max_images is not None and n + images.shape[0] > max_images:
+            images = images[: max_images - n]
+        if images.shape[0]:
+            batches.append(images)
+        n += int(images.shape[0])
+        if max_images is not None and n >= max_images:
+            break
+    if not batches:
+        return None, f"data '{recipe['data']}' has an empty validation split"
+    return batches, None
