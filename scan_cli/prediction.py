@@ -105,7 +105,7 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
     if target_acc is not None:
         if not 0.0 < target_acc <= 1.0:
             raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
-        from .calibrating import calibrate_run
+        from .calibration.run import calibrate_run
 
         kwargs = {}
         if score is not None:

@@ -248,7 +248,7 @@ def test_target_acc_override(run_cli, run, images, monkeypatch):
         seen.append((Path(run_dir), kw))
         return {"thresholds": [None, None, 0.0, None], "score": "max_softmax", "fallback": "last"}
 
-    monkeypatch.setitem(sys.modules, "scan_cli.calibrating", types.SimpleNamespace(calibrate_run=calibrate_run))
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     code, doc, err = predict_json(run_cli, images, "--run", run, "--target-acc", "0.97")
     assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False})]
     assert {p["exit"] for p in doc["predictions"]} == {3}

@@ -254,7 +254,7 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
         calls.append((Path(run), kw))
         return {"thresholds": [0.8, float("inf"), 0.6, None], "score": "max_softmax", "fallback": "ensemble"}
 
-    monkeypatch.setitem(sys.modules, "scan_cli.calibrating", types.SimpleNamespace(calibrate_run=calibrate_run))
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     info = read_info(run_dir / "model.safetensors")
     p = exit_policy(info, run_dir, 4, target_acc=0.93)
     assert calls == [(run_dir, {"target_acc": 0.93, "save": False})]

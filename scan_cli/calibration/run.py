@@ -1,7 +1,8 @@
 """Calibrating and evaluating a run: data -> cached exit outputs -> threshold search -> artifact.
 
-The search itself lives in ``calibration`` (pure numpy); this module wires it to a run folder.
-Calibration only ever sees the validation split, which ``scan fit`` held out of training.
+The search itself lives in the rest of this package (pure numpy); this module wires it to a run
+folder. Calibration only ever sees the validation split, which ``scan fit`` held out of training
+(``data.run_split`` rebuilds it from what the run recorded). torch is imported inside functions.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import UsageError
+from ..errors import UsageError
+
 
 def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
     """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
-    from .data import make_loader, run_split
-    from .inference import cached_exit_outputs, collect_exit_outputs
+    from ..data import make_loader, run_split
+    from ..inference import cached_exit_outputs, collect_exit_outputs
 
     dataset, _ = run_split(run_dir, info, split, data)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
@@ -25,8 +27,8 @@ def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Opt
 
 
 def costs_of(run_dir: Path, model, info):
-    from .profiling import cascade_costs
-    from .runs import CACHE_DIR
+    from ..profiling import cascade_costs
+    from ..runs import CACHE_DIR
 
     return cascade_costs(model, info.input_size, cache_dir=Path(run_dir) / CACHE_DIR)
 
@@ -37,9 +39,12 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     """Choose per-exit thresholds on the run's validation split; write them into the artifact."""
     import numpy as np
 
-    from . import artifact, calibration
-    from .inference import exit_correctness
-    from .runs import model_path
+    from .. import artifact
+    from ..inference import exit_correctness
+    from ..runs import model_path
+    from .cascade import CascadeData
+    from .choose import calibrate
+    from .plot import plot_front
 
     if split != "val":
         raise UsageError(f"calibration uses the validation split only, never '{split}': test data must stay unseen")
@@ -56,9 +61,9 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     cumulative, backbone_macs = costs_of(run_dir, model, info)
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
-    data = calibration.CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
-    result = calibration.calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
-                                   confidence=confidence, seed=seed, backbone_cost=backbone_macs)
+    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+    result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
+                       confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
                 "backbone_macs": backbone_macs, "exit_macs": list(cumulative),
@@ -66,7 +71,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
     if plot is not None:
-        calibration.plot_front(result, Path(plot))
+        plot_front(result, Path(plot))
     if save:
         artifact.update_metadata(model_path(run_dir), calibration=doc)
     return doc
@@ -76,11 +81,12 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     """Per-exit accuracy, ensemble, and the calibrated cascade on held-out data."""
     import numpy as np
 
-    from . import artifact, calibration
-    from .data import EVAL_SPLITS, run_recipe
-    from .inference import exit_correctness
-    from .runs import model_path
-    from .training import exit_accuracies
+    from .. import artifact
+    from ..data import EVAL_SPLITS, run_recipe
+    from ..inference import exit_correctness
+    from ..runs import model_path
+    from ..training import exit_accuracies
+    from .cascade import CascadeData, summarize
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
@@ -99,9 +105,9 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     cal = info.calibration
     if cal:
         scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), cal.get("fallback", "last"))
-        data_ = calibration.CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
         thresholds = [np.inf if t is None else t for t in cal["thresholds"][:K - 1]]
-        summary = calibration.summarize(data_, thresholds)
+        summary = summarize(data_, thresholds)
         doc["cascade"] = {
             "thresholds": cal["thresholds"], "accuracy": summary["accuracy"], "exit_shares": list(summary["exit_shares"]),
             "expected_macs": summary["expected_cost"], "speedup": backbone_macs / summary["expected_cost"],
