@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from scan_cli import data as D
-from scan_cli.data import hf, hub
+from scan_cli.data import hf as data_hf
+from scan_cli.data import hub as data_hub
 from scan_cli.data import (
     DATASET_ALIASES,
     DIGITS_SIZES,
@@ -387,9 +388,9 @@ def test_detect_columns_by_name_without_feature_types():
     import datasets
 
     feats = {"pixel_values": datasets.Value("binary"), "target": datasets.Value("int64"), "other": datasets.Value("int64")}
-    assert hf._detect_columns(feats, list(feats), None, None) == ("pixel_values", "target")
+    assert data_hf._detect_columns(feats, list(feats), None, None) == ("pixel_values", "target")
     with pytest.raises(ScanError, match="--image-column"):
-        hf._detect_columns({"a": None, "label": None}, ["a", "label"], None, None)
+        data_hf._detect_columns({"a": None, "label": None}, ["a", "label"], None, None)
 
 
 def test_streamed_parquet_holds_out_validation_by_content_hash(tmp_path, hf_cache):
@@ -457,7 +458,7 @@ def test_unreachable_hub_fails_fast_and_restores_online_mode(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data_hub, "_hub_reachable", lambda timeout=3.0: False)
     t = time.monotonic()
     with pytest.raises(ScanError, match="not available offline"):
         load_data("uoft-cs/cifar10", streaming=True)
