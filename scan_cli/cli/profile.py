@@ -44,7 +44,9 @@ def profile_command(
     calibration = None
     if backbone_id is not None:
         info(f"building {backbone_id} with {heads} heads (random weights)")
-        model, size = profiling.build_bare_model(backbone_id, img_size, heads)
+        from ..bare_model import build_bare_model
+
+        model, size = build_bare_model(backbone_id, img_size, heads)
         info("counting MACs (fvcore, batch 1)")
         report = profiling.profile_macs(model, size)
         source = {"backbone": backbone_id, "heads": heads}
