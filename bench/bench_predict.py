@@ -7,7 +7,7 @@ DIR is a digits run (`scan fit resnet10_cifar --recipe digits-cpu --out DIR` the
 `scan calibrate --run DIR --max-drop 0.005`). The run's digits test split is written out as PNG
 files (the 8x8 grayscale arrays exactly as the data module decodes them), then, per batch size:
 
-* files: the whole `scan predict` job, decoding included. Early exit = `prediction.predict_paths`
+* files: the whole `scan predict` job, decoding included. Early exit = `predict_files.predict_paths`
   (the code `scan predict` runs) with the run's calibrated thresholds; plain = the same DataLoader
   over `images.ImageFiles` with the same eval transform, batch size and workers, then
   `model.backbone.model(x)` (the timm model's own forward) and the same softmax/top-1.
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
     from scan_cli.images import open_rgb
-    from scan_cli.prediction import ExitPolicy, _shallow, default_workers, predict_paths, use_channels_last
+    from scan_cli.predict_files import ExitPolicy, _shallow, default_workers, predict_paths, use_channels_last
     from scan_cli.profiling import cascade_costs, run_to_exit
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
 

@@ -257,7 +257,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     from . import artifact
     from .data import load_data, make_loader
-    from .inference import collect_exit_outputs
+    from .exit_outputs import collect_exit_outputs
     from .model import HeadConfig
     from .progress import make_progress
     from .recipes import available, describe, resolve

@@ -227,7 +227,7 @@ def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
     cumulative, backbone = profiling.cascade_costs(run_dir)
     cache = list((run_dir / "cache").glob("macs-*-16.json"))
     assert len(cache) == 1
-    from scan_cli.inference import artifact_fingerprint
+    from scan_cli.artifact import artifact_fingerprint
 
     assert cache[0].name == f"macs-{artifact_fingerprint(run_dir / 'model.safetensors')}-16.json"
     assert json.loads(cache[0].read_text())["report"]["backbone_macs"] == backbone

@@ -14,10 +14,10 @@ from typing import Optional
 from ..errors import UsageError
 
 
-def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
+def split_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
     """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
     from ..data import make_loader, run_split
-    from ..inference import cached_exit_outputs, collect_exit_outputs
+    from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
     dataset, _ = run_split(run_dir, info, split, data)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
@@ -40,7 +40,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     import numpy as np
 
     from .. import artifact
-    from ..inference import exit_correctness
+    from ..exit_outputs import exit_correctness
     from ..runs import model_path
     from .cascade import CascadeData
     from .choose import calibrate
@@ -57,7 +57,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels = exit_outputs(run_dir, model, info, "val", device=device)
+    logits, labels = split_outputs(run_dir, model, info, "val", device=device)
     cumulative, backbone_macs = costs_of(run_dir, model, info)
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
@@ -83,7 +83,7 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
 
     from .. import artifact
     from ..data import EVAL_SPLITS, run_recipe
-    from ..inference import exit_correctness
+    from ..exit_outputs import exit_correctness
     from ..runs import model_path
     from ..training import exit_accuracies
     from .cascade import CascadeData, summarize
@@ -92,7 +92,7 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
     model, info = artifact.load(model_path(run_dir), device=device)
-    logits, labels = exit_outputs(run_dir, model, info, split, device=device, data=data)
+    logits, labels = split_outputs(run_dir, model, info, split, device=device, data=data)
     doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel())}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]

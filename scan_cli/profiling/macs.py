@@ -406,7 +406,7 @@ def _write_cache(path: Path, report: MacReport) -> None:
 
 def run_cache_path(run_dir: Path, input_size: int) -> Path:
     """``run_dir/cache/macs-<artifact fingerprint>-<size>.json``."""
-    from ..inference import artifact_fingerprint
+    from ..artifact import artifact_fingerprint
     from ..runs import CACHE_DIR, model_path
 
     return Path(run_dir) / CACHE_DIR / f"macs-{artifact_fingerprint(model_path(run_dir))}-{int(input_size)}.json"
