@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from .data.loader import loader_length
 from .runs import CACHE_DIR
 
 
@@ -19,18 +20,11 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     model.eval()
     all_logits, all_labels = [], []
     with torch.no_grad():
-        for images, labels in track(loader, description=progress or "exits", total=_len(loader)):
+        for images, labels in track(loader, description=progress or "exits", total=loader_length(loader)):
             outs = model(images.to(device, non_blocking=True))
             all_logits.append(torch.stack([o.float() for o in outs], dim=1).cpu())
             all_labels.append(labels.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)
-
-
-def _len(loader):
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):

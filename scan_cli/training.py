@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .data.loader import loader_length
 from .errors import ScanError
 from .recipes import Recipe, loss_settings
 from .runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
@@ -488,7 +489,7 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
-    steps = _len(loader)
+    steps = loader_length(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     # DDP: streamed shards can leave ranks with unequal batch counts; join() keeps them in step
@@ -534,9 +535,3 @@ def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_
         optimizer.step()
     return loss.detach()
 
-
-def _len(loader):
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -22,12 +22,7 @@ from test_prediction import (  # noqa: E402
 NEVER = "none,none,none"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs on a shared 2-core machine (see test_prediction.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

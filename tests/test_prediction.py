@@ -160,14 +160,7 @@ def spread_thresholds(logits, score="max_softmax"):
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine: one intra-op thread is many times faster than
-    two OpenMP threads spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +392,8 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
 
 
 def test_default_workers():
-    from scan_cli.predict_files import _workers_for, default_workers
+    from scan_cli.data import default_num_workers as default_workers
+    from scan_cli.predict_files import _workers_for
 
     assert 0 <= default_workers() <= 4
     assert _workers_for(None, 10, 64) == 0  # one batch: nothing to overlap

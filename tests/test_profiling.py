@@ -17,13 +17,7 @@ from scan_cli.model import HeadConfig, ScanModel
 from scan_cli.backbones.shapes import trace_shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batch-1 forwards: one thread is as fast and immune to busy neighbours."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # -- single pieces ------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ matplotlib is imported inside ``plot_front`` only.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..artifact import atomic_write
 from .choose import CalibrationResult
 
 
@@ -16,7 +16,7 @@ def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None =
 
     ``chosen`` is (cost_fraction, accuracy); for a CalibrationResult it defaults to its own point.
     Uses matplotlib's Agg canvas directly (no global backend switch). The image is written
-    atomically (temporary file, then os.replace). Returns the path.
+    atomically (``artifact.atomic_write``). Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -56,11 +56,6 @@ def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None =
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format=(path.suffix.lstrip(".") or "png"), dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=(path.suffix.lstrip(".") or "png"), dpi=120,
+                                               bbox_inches="tight"))
     return path

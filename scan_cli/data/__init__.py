@@ -58,6 +58,7 @@ _EXPORTS = {
     "eval_transform": "transforms",
     "train_transform": "transforms",
     "default_num_workers": "loader",
+    "loader_length": "loader",
     "make_loader": "loader",
     "validation_batches": "loader",
 }

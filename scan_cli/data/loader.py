@@ -11,8 +11,20 @@ from ..errors import ScanError
 
 
 def default_num_workers() -> int:
-    """min(4, cpu_count - 1), at least 0."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """min(4, usable CPUs - 1), at least 0 (usable: the CPUs this process may run on)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
+
+
+def loader_length(loader):
+    """len(loader), or None for a loader over a streamed dataset (unknown length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def make_loader(
