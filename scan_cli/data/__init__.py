@@ -11,8 +11,9 @@ directly or through `splits.run_data` (a run's data again, split as it was when 
 | `folder.py` | image folders, flat or `train/ val/ test/` |
 | `hf.py` | `datasets` sources: saved datasets, parquet/arrow, map-style and streamed |
 | `hub.py` | Hub ids and aliases, paths vs ids, failing fast offline |
-| `splits.py` | which examples are train / val / test; `DataSplits`; a run's data again |
-| `dataset.py` | map-style datasets that survive undecodable images |
+| `holdout.py` | the hold-out rules: which examples become validation (map-style and streamed) |
+| `splits.py` | a run's data again: train / val / test from what the run recorded |
+| `dataset.py` | `DataSplits` (what a source returns), map-style datasets that survive undecodable images |
 | `streaming.py` | `StreamingImages` (torch IterableDataset over a streamed `datasets` split) |
 | `transforms.py` | timm data config -> eval and training transforms |
 | `loader.py` | `make_loader` (seeded, DDP-aware), preloaded validation batches |
@@ -37,12 +38,12 @@ _EXPORTS = {
     "DATASET_ALIASES": "hub",
     "looks_like_path": "hub",
     "resolve_alias": "hub",
-    "SPLITS": "splits",
+    "SPLITS": "factory",
     "EVAL_SPLITS": "splits",
     "run_data": "splits",
     "run_recipe": "splits",
     "run_split": "splits",
-    "DataSplits": "splits",
+    "DataSplits": "dataset",
     "ArrayImages": "dataset",
     "FileImages": "dataset",
     "HFImages": "dataset",

@@ -1,4 +1,5 @@
-"""Map-style datasets of (image, label) that decode lazily and survive undecodable images.
+"""What a source returns (`DataSplits`), and map-style datasets of (image, label) that decode
+lazily and survive undecodable images.
 
 Damage only full decoding finds (a truncated JPEG) and damaged rows in `datasets` sources (not
 checked up front: that would mean decoding the whole set) are handled when read: the item is
@@ -45,6 +46,50 @@ class SkippedImages:
         first = "; ".join(f"{p}: {r}" for p, r in self.examples[:2])
         noun = "image" if self.count == 1 else "images"
         return f"skipped {self.count} undecodable {noun} (e.g. {first})"
+
+
+@dataclass
+class DataSplits:
+    """What `load_data` returns.
+
+    train / val / test: datasets of (image tensor [3, H, W], label int); None for a split not
+    asked for in `splits` (and `test` when the source has no labelled test split).
+    split_sizes: number of examples per built split; None as a value for a streamed split.
+    skipped: undecodable images left out at load time (image folders; see `folder.py`).
+    val_from_train: True when validation was held out of the training data.
+    data_config: the timm data config the transforms used (img_size and source tweaks applied).
+    """
+
+    train: object
+    val: object
+    test: object
+    classes: list
+    source: str
+    split_sizes: dict
+    skipped: SkippedImages = field(default_factory=SkippedImages)
+    val_from_train: bool = False
+    streaming: bool = False
+    data_config: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def of(cls, built: dict, *, classes: list, source: str, data_config: dict, streaming: bool = False,
+           **extra) -> "DataSplits":
+        """The splits a source built ({split: dataset}); sizes counted, None for streamed splits."""
+        return cls(
+            train=built.get("train"),
+            val=built.get("val"),
+            test=built.get("test"),
+            classes=classes,
+            source=source,
+            split_sizes={s: None if streaming else len(d) for s, d in built.items()},
+            streaming=streaming,
+            data_config=data_config,
+            **extra,
+        )
 
 
 class _RobustImages:

@@ -7,8 +7,8 @@ comparable across runs: **train 1079 / val 359 / test 359** (60 / 20 / 20 %, see
 
 from __future__ import annotations
 
-from .dataset import ArrayImages
-from .splits import DataSplits, holdout, stratified_pick
+from .dataset import ArrayImages, DataSplits
+from .holdout import holdout, stratified_pick
 from .transforms import eval_transform, train_transform
 
 DIGITS_SIZES = {"train": 1079, "val": 359, "test": 359}

@@ -8,8 +8,8 @@ Sources, tried in this order (one module each):
 3. A saved `datasets` dataset, `.parquet` / `.arrow` files or a glob of them (`hf.py`).
 4. Otherwise a Hugging Face Hub dataset id or alias (`hub.py`, then `hf.py`).
 
-Which examples are train, validation and test is decided in `splits.py`; transforms come from
-`transforms.py`, loaders from `loader.py`.
+Which examples are held out for validation is decided in `holdout.py` (a finished run's data is
+rebuilt through `splits.py`); transforms come from `transforms.py`, loaders from `loader.py`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,26 @@ import os
 from pathlib import Path
 
 from ..errors import ScanError, UsageError
+from .dataset import DataSplits
 from .digits import load_digits
 from .folder import load_folder
 from .hf import COLUMNAR_SUFFIXES, columnar_files, from_hf, is_saved_dataset, load_columnar
 from .hub import load_hub, looks_like_path
-from .splits import SPLITS, DataSplits, check_splits
 from .transforms import TRAIN_TRANSFORMS, effective_data_config
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def check_splits(splits) -> tuple:
+    if isinstance(splits, str):
+        splits = (splits,)
+    splits = tuple(splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise UsageError(f"unknown split(s) {', '.join(bad)}: use train, val and/or test")
+    return splits
 
 
 def load_data(
@@ -45,7 +57,7 @@ def load_data(
     hflip: bool | None = None,
     check_images: bool = True,
 ) -> DataSplits:
-    """Load the data named by `spec` (sources: the module notes; split rules: `splits.py`).
+    """Load the data named by `spec` (sources: the module notes; hold-out rules: `holdout.py`).
 
     data_config: timm data config of the model (input_size, mean, std, interpolation, crop_pct);
     img_size overrides its H = W. train_transform: 'rrc', 'pad_crop' or 'none'. hflip: None

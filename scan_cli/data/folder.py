@@ -1,6 +1,6 @@
 """The image-folder source: `root/<class>/...`, or the ImageNet layout `root/train/<class>/...`.
 
-In the flat layout validation is held out of the folder (`splits.holdout`, keyed by relative
+In the flat layout validation is held out of the folder (`holdout.holdout`, keyed by relative
 path). In the ImageNet layout `root/val` (or `validation`, `valid`) and `root/test` hold the same
 class sub-folders as `root/train`. Images are found recursively inside each class folder; hidden
 files and folders are skipped.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..errors import ScanError
 from ..images import IMAGE_EXTENSIONS, _walk_images, describe_error, is_image_file
-from .dataset import FileImages, SkippedImages
-from .splits import DataSplits, holdout
+from .dataset import DataSplits, FileImages, SkippedImages
+from .holdout import holdout
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)

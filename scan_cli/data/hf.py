@@ -7,7 +7,7 @@ train split). The image and label columns are found by feature type, then by nam
 (IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES), unless --image-column / --label-column name them.
 
 Validation: the source's own validation split when it has one, otherwise held out of train
-(`splits.holdout` keyed by row number; streamed: `splits.in_stream_holdout`). A test split whose
+(`holdout.holdout` keyed by row number; streamed: `holdout.in_stream_holdout`). A test split whose
 labels are all -1 (the ImageNet test set) counts as no test split. Damaged rows are not checked up
 front (that would mean decoding the whole set): see `dataset.py` and `streaming.py`.
 """
@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from ..errors import ScanError, UsageError
-from .dataset import HFImages
-from .splits import DataSplits, holdout
+from .dataset import DataSplits, HFImages
+from .holdout import holdout
 from .streaming import streaming_class
 from .transforms import eval_transform, train_transform
 

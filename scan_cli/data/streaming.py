@@ -2,7 +2,7 @@
 
 Streaming (`--streaming`, Hub ids and parquet/arrow files; map-style sources ignore it) gives
 splits of unknown length. Validation held out of a streamed train set uses the seeded content
-hash of `splits.in_stream_holdout`. Sharding: `make_loader` hands each DDP rank its part with
+hash of `holdout.in_stream_holdout`. Sharding: `make_loader` hands each DDP rank its part with
 `datasets.distributed.split_dataset_by_node` (whole shards when the shard count divides the world
 size, else every world_size-th example), and inside a rank `datasets` gives each DataLoader worker
 its own shards (workers are capped at the shard count). Every example is read by exactly one
@@ -21,7 +21,7 @@ import os
 
 from ..images import describe_error
 from .dataset import MAX_SKIP_EXAMPLES, value_to_pil
-from .splits import in_stream_holdout
+from .holdout import in_stream_holdout
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _build_streaming_class():
         """A streamed `datasets.IterableDataset` as a torch IterableDataset of (tensor, label).
 
         holdout=(fraction, seed, side): keep only the 'train' or 'val' side of the seeded
-        content-hash hold-out (`splits.in_stream_holdout`). `configured(...)` returns a copy set up for
+        content-hash hold-out (`holdout.in_stream_holdout`). `configured(...)` returns a copy set up for
         one epoch of one rank (make_loader calls it): optional buffered shuffle seeded by
         seed + epoch, then split_dataset_by_node for DDP; DataLoader workers get disjoint shards
         from `datasets` itself.
