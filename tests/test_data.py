@@ -530,3 +530,31 @@ def test_default_num_workers():
 # pinned head / sum of the digits test rows (see test_digits_split_is_stable_and_ignores_seed)
 TEST_HEAD = [0, 4, 20, 25, 33]
 TEST_SUM = 340178
+
+
+# --------------------------------------------------------------------------- a run's data again
+
+
+def test_every_command_rebuilds_the_validation_set_fit_held_out(tmp_path):
+    """calibrate/evaluate (run_split) and profile (validation_batches) go through one function and
+    get exactly the images load_data held out at fit time, from the artifact's recipe or recipe.json."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from scan_cli.data import run_split, validation_batches
+
+    make_class_tree(tmp_path / "d", ["a", "b", "c"], 10)
+    recipe = {"data": str(tmp_path / "d"), "val_fraction": 0.3, "seed": 5}
+    fit = load_data(recipe["data"], data_config=HALF, train_transform="none", val_fraction=0.3, seed=5)
+    want = torch.stack([x for x, _ in all_items(fit.val)])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    for stored in (recipe, None):  # the artifact's own recipe, else recipe.json
+        info = SimpleNamespace(recipe=stored, data_config=HALF, input_size=16, classes=["a", "b", "c"])
+        val, _ = run_split(run, info, "val")
+        assert torch.equal(torch.stack([x for x, _ in all_items(val)]), want)
+        batches, reason = validation_batches(run, info, batch_size=4)
+        assert reason is None and torch.equal(torch.cat(batches), want)
