@@ -7,6 +7,7 @@ data_config, input_size, and optionally recipe, calibration, metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -143,6 +144,20 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def artifact_fingerprint(model_file: Path) -> str:
+    """sha256 of the tensors part of the artifact: calibration metadata changes don't invalidate caches."""
+    import struct
+
+    with open(model_file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def save(model, info: ArtifactInfo, path: Path) -> None:

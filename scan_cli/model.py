@@ -21,7 +21,7 @@ from .scoring import confidence
 class HeadConfig:
     """Exit-head shape. ``attention_reduction=1`` is the paper's full-width attention."""
 
-    width: Optional[int] = None  # bottleneck channels; None = min(128, features / 4): the paper's 128 on ResNets
+    width: Optional[int] = None  # bottleneck channels; None = min(128, max(16, features // 4)): the paper's 128 on ResNets
     attention: bool = True
     attention_reduction: int = 8  # attention runs at channels // reduction
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .data.loader import loader_length
 from .errors import ScanError
 from .recipes import Recipe, loss_settings
 from .runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
@@ -266,7 +267,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     from . import artifact
     from .data import load_data, make_loader
-    from .inference import collect_exit_outputs
+    from .exit_outputs import collect_exit_outputs
     from .model import HeadConfig
     from .progress import StepClock, make_progress
     from .recipes import available, describe, resolve
@@ -355,7 +356,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     try:
         with make_progress(transient=False) as progress:
             epoch_task = progress.add_task("epochs", total=recipe.epochs, completed=start_epoch, status="")
-            steps_per_epoch = _len(make_loader(splits.train, batch_size=recipe.batch_size, shuffle=False,
+            steps_per_epoch = loader_length(make_loader(splits.train, batch_size=recipe.batch_size, shuffle=False,
                                                distributed=dist_info.enabled, drop_last=True, **loader_kw))
             clock = StepClock(steps_per_epoch * recipe.epochs if steps_per_epoch else None,
                               done_steps=(steps_per_epoch or 0) * start_epoch, log=None if dist_info.is_main else False)
@@ -537,7 +538,7 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
-    steps = _len(loader)
+    steps = loader_length(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     # DDP: streamed shards can leave ranks with unequal batch counts; join() keeps them in step
@@ -588,9 +589,3 @@ def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_
         optimizer.step()
     return loss.detach()
 
-
-def _len(loader):
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -69,35 +69,33 @@ def test_tampered_file_is_refused(saved):
         artifact.load(path)
 
 
-def test_wrong_format_version_names_the_fix(saved):
+def rewrite_metadata(path, **changes):
+    """Save the artifact at ``path`` again with some metadata keys replaced (tensors unchanged)."""
     from safetensors.torch import load_file, save_file
 
-    _, path = saved
-    info = artifact.read_info(path)
-    meta = info.to_metadata() | {"format_version": "99"}
+    meta = artifact.read_info(path).to_metadata() | changes
     save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+def test_wrong_format_version_names_the_fix(saved):
+    _, path = saved
+    rewrite_metadata(path, format_version="99")
     with pytest.raises(ScanError, match="format 99"):
         artifact.load(path)
 
 
 def test_mismatched_backbone_is_refused(saved):
-    from safetensors.torch import load_file, save_file
-
     _, path = saved
-    meta = artifact.read_info(path).to_metadata()
-    meta["backbone"] = json.dumps(json.loads(meta["backbone"]) | {"id": "test_efficientnet"})
-    save_file(load_file(str(path)), str(path), metadata=meta)
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"id": "test_efficientnet"}))
     with pytest.raises(ScanError, match="does not match|channels"):
         artifact.load(path)
 
 
 def test_unknown_backbone_names_the_package(saved):
-    from safetensors.torch import load_file, save_file
-
     _, path = saved
-    meta = artifact.read_info(path).to_metadata()
-    meta["backbone"] = json.dumps({"id": "mystery_net", "provider": "foo", "distribution": "scan-foo", "version": "1.0"})
-    save_file(load_file(str(path)), str(path), metadata=meta)
+    rewrite_metadata(path, backbone=json.dumps({"id": "mystery_net", "provider": "foo", "distribution": "scan-foo",
+                                                "version": "1.0"}))
     with pytest.raises(ScanError, match="pip install scan-foo"):
         artifact.load(path)
 

@@ -191,7 +191,7 @@ def test_grid_mode_is_within_its_certified_gap():
 @pytest.mark.parametrize("seed", range(4))
 def test_pair_search_equals_brute_force(seed):
     """Polishing moves two exits at once (others fixed): the best move matches enumeration."""
-    from scan_cli.calibration import _pair_search
+    from scan_cli.calibration.search import _pair_search
 
     data = random_cascade(seed, 25, 4, levels=7)
     rng = np.random.default_rng(seed)
@@ -221,7 +221,7 @@ def test_pair_search_equals_brute_force(seed):
 def test_grid_rounding_loss_bound_is_tight(seed):
     """m_k equals the worst loss of rounding any threshold down to the grid, found by brute force:
     the wrong-at-k images with g <= score < t, over every score value t and its grid point g."""
-    from scan_cli.calibration import _grid_slack, _quantile_grid
+    from scan_cli.calibration.search import _grid_slack, _quantile_grid
 
     rng = np.random.default_rng(seed)
     column = np.round(rng.random(80) * 20) / 20  # ties

@@ -87,7 +87,7 @@ def test_ctrl_c_in_fit_names_the_run_and_the_resume_command(run_cli, folder, tmp
 
 
 def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeypatch):
-    import scan_cli.calibrating as calibrating
+    import scan_cli.calibration.run as calibrating
 
     def boom(*a, **k):
         raise KeyboardInterrupt

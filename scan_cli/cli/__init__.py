@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import Interrupted, ScanError
-from . import backbones, plugins
+from . import backbones, calibrate, fit, plugins, predict, profile
 
 app = typer.Typer(
     name="scan",
@@ -39,14 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(backbones.app, name="backbones")
 app.command("plugins")(plugins.plugins_command)
 
-for _name in ("fit", "calibrate", "profile", "predict"):
-    try:  # commands land one by one; a missing module must not break the others
-        _mod = __import__(f"scan_cli.cli.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"scan_cli.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _command in (fit, calibrate, profile, predict):
+    _command.register(app)
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.prediction)."""
+"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.predict_files)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def predict_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
 ):
-    from ..prediction import predict, summary_lines, write_csv
+    from ..predict_files import predict, summary_lines, write_csv
     from ._output import info, print_json
 
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
@@ -71,7 +71,7 @@ def _print_table(report, top_k: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..prediction import format_macs
+    from ..predict_files import format_macs
     from ._output import stdout_console
 
     table = Table(title="predictions")

@@ -44,7 +44,9 @@ def profile_command(
     calibration = None
     if backbone_id is not None:
         info(f"building {backbone_id} with {heads} heads (random weights)")
-        model, size = profiling.build_bare_model(backbone_id, img_size, heads)
+        from ..bare_model import build_bare_model
+
+        model, size = build_bare_model(backbone_id, img_size, heads)
         info("counting MACs (fvcore, batch 1)")
         report = profiling.profile_macs(model, size)
         source = {"backbone": backbone_id, "heads": heads}
@@ -108,7 +110,9 @@ def profile_command(
 
 def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_size, max_images, device, threads, warmup, info):
     info("loading validation images for the real cascade")
-    batches, reason = profiling.validation_batches(run_dir, artifact_info, batch_size, max_images=max_images)
+    from ..data import validation_batches
+
+    batches, reason = validation_batches(run_dir, artifact_info, batch_size, max_images=max_images)
     if batches is None:
         return None, reason
     info(f"timing the cascade vs the plain backbone on {sum(int(b.shape[0]) for b in batches)} validation images")

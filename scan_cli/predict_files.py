@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +104,7 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
     if target_acc is not None:
         if not 0.0 < target_acc <= 1.0:
             raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
-        from .calibrating import calibrate_run
+        from .calibration.run import calibrate_run
 
         kwargs = {}
         if score is not None:
@@ -173,20 +172,14 @@ class PredictionReport:
         return 3 if self.predictions else 1
 
 
-def default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(4, cpus - 1))
-
-
 def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> int:
     """--workers, or by default min(4, CPUs - 1) decoding processes; none when every image fits in
     one batch, where a worker could overlap nothing and only adds its start-up time."""
+    from .data import default_num_workers
+
     if workers is not None:
         return workers
-    return default_workers() if num_images > batch_size else 0
+    return default_num_workers() if num_images > batch_size else 0
 
 
 def use_channels_last(mode: Optional[str], model) -> bool:
