@@ -13,7 +13,8 @@ class UsageError(ScanError):
     exit_code = 2
 
 
-class Interrupted(ScanError):
-    """Ctrl-C: the message says what was kept and how to continue. Exit code 130, like a shell."""
+class Interrupted(ScanError, KeyboardInterrupt):
+    """Ctrl-C, with a message that says what was kept and how to continue. Exit code 130, like a
+    shell. Still a KeyboardInterrupt, so callers of the Python API can catch it as one."""
 
     exit_code = 130

@@ -60,8 +60,9 @@ def main(argv=None) -> None:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
     except SystemExit as exc:
-        if exc.code == 130 and _from_ctrl_c(exc):  # typer turns Ctrl-C into exit 130 silently
-            sys.stderr.write("interrupted\n")
+        cause = _ctrl_c_cause(exc) if exc.code == 130 else None
+        if cause is not None:  # typer turns Ctrl-C into exit 130 silently
+            sys.stderr.write(f"{cause if isinstance(cause, Interrupted) else 'interrupted'}\n")
         raise
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -74,11 +75,12 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
-def _from_ctrl_c(exc: BaseException) -> bool:
+def _ctrl_c_cause(exc: BaseException):
+    """The KeyboardInterrupt behind an exit, if any (an ``Interrupted`` carries a message)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
