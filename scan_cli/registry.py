@@ -90,15 +90,17 @@ def _norm(name: str) -> str:
 
 
 class Registry:
-    def __init__(self, entry_points=None):
+    def __init__(self, entry_points=None, *, control: bool = True, strict: bool | None = None):
+        """``control=False`` ignores SCAN_DISABLE_PLUGINS / SCAN_PLUGINS; ``strict`` overrides
+        SCAN_STRICT_PLUGINS."""
         eps = list(entry_points if entry_points is not None else metadata.entry_points(group=ENTRY_POINT_GROUP))
         # Built-ins first so that a plugin cannot shadow them; then by name for a stable order.
         self._eps = sorted(eps, key=lambda ep: (_dist_name(ep) != BUILTIN_DISTRIBUTION, ep.name))
         self._loaded: dict[str, tuple[ProviderStatus, Provider | None]] = {}
         self._specs: dict[str, BackboneSpec] = {}
         self._dropped: dict[str, tuple[str, str]] = {}  # id -> (provider label, why)
-        self.disabled_names, self.allowed_names = _names(ENV_DISABLE), _names(ENV_ALLOW)
-        self.strict = os.environ.get(ENV_STRICT) == "1"
+        self.disabled_names, self.allowed_names = (_names(ENV_DISABLE), _names(ENV_ALLOW)) if control else (set(), set())
+        self.strict = os.environ.get(ENV_STRICT) == "1" if strict is None else strict
 
     # -- control -----------------------------------------------------------------------------
     def _disabled_reason(self, ep) -> str:
@@ -166,7 +168,7 @@ class Registry:
                 self._drop(status, str(spec_id), str(exc))
                 continue
             if spec.id in own:
-                self._drop(status, spec.id, f"listed twice by provider '{ep.name}'; the first declaration is kept")
+                self._drop(status, spec.id, f"listed twice by provider '{ep.name}'", duplicate=True)
                 continue
             own.add(spec.id)
             if spec.id in self._specs:
@@ -184,16 +186,16 @@ class Registry:
         self._loaded[key] = (status, provider)
         return status, provider
 
-    def _drop(self, status: ProviderStatus, spec_id: str, why: str) -> None:
-        message = f"backbone '{spec_id}' from {status.label} is dropped: {why}"
+    def _drop(self, status: ProviderStatus, spec_id: str, why: str, duplicate: bool = False) -> None:
         if self.strict:
-            raise PluginError(message)
-        status.dropped.append({"id": spec_id, "error": why})
-        self._dropped.setdefault(spec_id, (status.label, why))
-        if "listed twice" in why:
+            raise PluginError(f"backbone '{spec_id}' from {status.label}: {why} ({ENV_STRICT}=1)")
+        if duplicate:
+            why += "; the first declaration is kept"
             _warn(f"backbone '{spec_id}' is {why}")
         else:
-            _warn(f"{message}; its other backbones are available")
+            _warn(f"backbone '{spec_id}' from {status.label} is dropped: {why}; its other backbones are available")
+        status.dropped.append({"id": spec_id, "error": why})
+        self._dropped.setdefault(spec_id, (status.label, why))
 
     def load_all(self) -> None:
         for ep in self._eps:
@@ -315,6 +317,13 @@ class Registry:
         for ep in self._eps:
             if ep.name == provider_name:
                 return self._load(ep)[0]
+        return None
+
+    def provider(self, provider_name: str) -> Provider | None:
+        """The loaded ``Provider`` object (None when missing, disabled or broken)."""
+        for ep in self._eps:
+            if ep.name == provider_name:
+                return self._load(ep)[1]
         return None
 
     def provider_of(self, spec: BackboneSpec) -> ProviderStatus:
