@@ -23,6 +23,7 @@ from . import __version__
 from .errors import ScanError
 
 log = logging.getLogger("scan_cli")
+_WARNED: set[str] = set()  # files whose ignored build_kwargs were reported (once per process)
 FORMAT = "scan-model"
 FORMAT_VERSION = 1
 OPTIONAL_KEYS = ("recipe", "calibration", "metrics")
@@ -83,7 +84,8 @@ class ArtifactInfo:
             )
         try:
             backbone = json.loads(meta["backbone"])
-            if backbone.get("build_kwargs"):  # never passed on: a model file must not choose what gets loaded
+            if backbone.get("build_kwargs") and str(path) not in _WARNED:  # never passed on: a model file
+                _WARNED.add(str(path))                                   # must not choose what gets loaded
                 log.warning(f"{path}: build_kwargs {sorted(backbone['build_kwargs'])} in its metadata are ignored "
                             f"(scan builds backbones with num_classes and pretrained=False only)")
             return cls(

@@ -228,11 +228,11 @@ class ScanModel(nn.Module):
         return EarlyExitOutput(out_logits, out_exit, out_conf)
 
 
-def build_scan_model(spec, *, num_classes: int, head: HeadConfig, split_modules: Optional[list[str]] = None,
+def build_scan_model(spec, *, num_classes: Optional[int], head: HeadConfig, split_modules: Optional[list[str]] = None,
                      pretrained: bool = False, input_size: Optional[int] = None):
     """Build the backbone from its spec (``build(num_classes, pretrained)``, nothing else), measure
     shapes with a dry run, refuse a declaration the dry run contradicts (naming the provider), attach
-    the exits."""
+    the exits. ``num_classes=None`` keeps the backbone's own class count."""
     from .checks import build_backbone, measure, verify_declaration, verify_splits
 
     backbone = build_backbone(spec, num_classes=num_classes, pretrained=pretrained)
@@ -241,4 +241,5 @@ def build_scan_model(spec, *, num_classes: int, head: HeadConfig, split_modules:
     verify_declaration(spec, backbone, shapes, size)
     modules = split_modules or [s.module for s in spec.split_points]
     verify_splits(spec, backbone, modules)
-    return ScanModel(backbone, modules, num_classes, head, shapes)
+    classes = int(backbone.num_classes) if num_classes is None else num_classes
+    return ScanModel(backbone, modules, classes, head, shapes)

@@ -153,3 +153,21 @@ def test_bad_head_settings_are_a_one_line_error(saved, head, needle):
         artifact.load(path)
     msg = str(exc.value)
     assert needle in msg and "\n" not in msg and str(path) in msg and ("retrain" in msg or "scan fit" in msg)
+
+
+def test_ignored_build_kwargs_are_reported_once(saved, scan_log):
+    _, path = saved
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"build_kwargs": {"checkpoint_path": "x.pth"}}))
+    artifact.read_info(path)
+    artifact.load(path)
+    assert len([m for m in scan_log if "build_kwargs" in m]) == 1
+
+
+def test_a_backbone_now_given_by_another_provider_is_said(saved, scan_log):
+    _, path = saved
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"provider": "oldplug", "distribution": "scan-oldplug",
+                                                           "version": "0.9"}))
+    artifact.load(path)
+    assert any("'oldplug'" in m and "scan-oldplug" in m and "now comes from provider 'timm'" in m for m in scan_log)

@@ -227,3 +227,9 @@ def test_profile_labels_the_reference_row_with_the_real_provider(monkeypatch, ru
     assert plain and "(tinyplug)" in plain[0] and "(timm)" not in out
     code, out, _ = run_cli("profile", "tinynet", "--no-latency", "--json")
     assert json.loads(out)["source"]["provider"] == "tinyplug"
+
+
+def test_profile_of_a_bare_backbone_checks_the_declaration_too(monkeypatch, run_cli):
+    fp.install(monkeypatch, fp.provider(fp.spec(splits=[("stage1", 8, 2), ("stage2", 48, 4)])))
+    code, out, err = run_cli("profile", "tinynet", "--no-latency")
+    assert code == 1 and out == "" and "tinyplug" in err and "declares 48 channels" in err
