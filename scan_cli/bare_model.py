@@ -10,19 +10,12 @@ def build_bare_model(backbone_id: str, input_size: Optional[int] = None, heads: 
                      num_classes: Optional[int] = None, registry=None):
     """A ``ScanModel`` with random weights on a backbone id (before training): the default split
     points and the ``heads`` preset. ``num_classes``: default the model's own (timm: 1000)."""
-    from .model import HeadConfig, ScanModel, build_scan_model
+    from .model import HeadConfig, build_scan_model
     from .registry import default_registry
 
     spec = (registry or default_registry()).get(backbone_id)
     head = HeadConfig.preset(heads)
     size = int(input_size or spec.input_size)
-    if num_classes is not None:
-        model = build_scan_model(spec, num_classes=num_classes, head=head, input_size=size)
-    else:  # build_scan_model's steps, with the backbone's default class count
-        from .backbones.shapes import trace_shapes
-
-        backbone = spec.build(num_classes=None, pretrained=False)
-        model = ScanModel(backbone, [s.module for s in spec.split_points], int(backbone.num_classes), head,
-                          trace_shapes(backbone, size))
+    model = build_scan_model(spec, num_classes=num_classes, head=head, input_size=size)  # checks the declaration
     model.backbone_id = spec.id
     return model.eval(), size

@@ -228,13 +228,18 @@ class ScanModel(nn.Module):
         return EarlyExitOutput(out_logits, out_exit, out_conf)
 
 
-def build_scan_model(spec, *, num_classes: int, head: HeadConfig, split_modules: Optional[list[str]] = None,
-                     pretrained: bool = False, input_size: Optional[int] = None, **build_kwargs):
-    """Build the backbone from its spec, measure shapes with a dry run, attach the exits."""
-    from .backbones.shapes import trace_shapes
+def build_scan_model(spec, *, num_classes: Optional[int], head: HeadConfig, split_modules: Optional[list[str]] = None,
+                     pretrained: bool = False, input_size: Optional[int] = None):
+    """Build the backbone from its spec (``build(num_classes, pretrained)``, nothing else), measure
+    shapes with a dry run, refuse a declaration the dry run contradicts (naming the provider), attach
+    the exits. ``num_classes=None`` keeps the backbone's own class count."""
+    from .checks import build_backbone, measure, verify_declaration, verify_splits
 
-    backbone = spec.build(num_classes=num_classes, pretrained=pretrained, **build_kwargs)
-    modules = split_modules or [s.module for s in spec.split_points]
+    backbone = build_backbone(spec, num_classes=num_classes, pretrained=pretrained)
     size = input_size or spec.input_size
-    shapes = trace_shapes(backbone, size)
-    return ScanModel(backbone, modules, num_classes, head, shapes)
+    shapes = measure(spec, backbone, size)
+    verify_declaration(spec, backbone, shapes, size)
+    modules = split_modules or [s.module for s in spec.split_points]
+    verify_splits(spec, backbone, modules)
+    classes = int(backbone.num_classes) if num_classes is None else num_classes
+    return ScanModel(backbone, modules, classes, head, shapes)

@@ -283,7 +283,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     if opts.resume:
         _check_resumable(Path(opts.resume), recipe)
     registry = default_registry()
-    spec = registry.get(opts.backbone)
+    spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)
 
     # data first: bad data must fail before anything is written
@@ -371,7 +371,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                     val = exit_accuracies(logits, labels)
                     history.append({"epoch": epoch + 1, **stats, "val": val})
                     save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch + 1, recipe, history,
-                                    {"backbone": spec.id, "recipe_name": opts.recipe_name})
+                                    {"backbone": spec.id, "recipe_name": opts.recipe_name, **_provenance(registry, spec)})
                     accs = "  ".join(f"{a:.3f}" for a in val["exits"])
                     progress.console.print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
                                            f"{stats['images_per_s']:.0f} img/s  val acc per exit {accs}  "
@@ -421,6 +421,24 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     return summary
 
 
+def _backbone_spec(registry, opts: FitOptions):
+    """The backbone; on --resume a missing one names the provider package the run was trained with."""
+    if not opts.resume:
+        return registry.get(opts.backbone)
+    _, extra = read_checkpoint_recipe(opts.resume)
+    return registry.require(opts.backbone, provider=extra.get("provider", ""), distribution=extra.get("distribution", ""),
+                            version=extra.get("version", ""), needed_by=f"the run in {opts.resume}")
+
+
+def _provenance(registry, spec) -> dict:
+    """Which provider package gave the backbone, for the checkpoint (so --resume can name it)."""
+    try:
+        status = registry.provider_of(spec)
+    except KeyError:
+        return {"provider": spec.provider}
+    return {"provider": spec.provider, "distribution": status.distribution, "version": status.version}
+
+
 def _data_config(spec, recipe: Recipe) -> dict:
     """The backbone's own preprocessing (timm data config), with --img-size applied."""
     cfg = dict(spec.build(num_classes=None, pretrained=False).data_config)
@@ -467,6 +485,8 @@ def _check_hub_reachable(model_id: str) -> None:
             from huggingface_hub import try_to_load_from_cache
 
             cfg = timm.models.get_pretrained_cfg(model_id)
+            if cfg is None:  # not a timm id: its provider builds it and gives its own error (issue 12)
+                return
             hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
             cached = hub_id and any(
                 isinstance(try_to_load_from_cache(hub_id.split("@")[0], f), str)

@@ -72,3 +72,24 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out))
     return out
+
+
+@pytest.fixture
+def scan_log():
+    """Messages the scan_cli logger emits during the test (warnings included), as strings."""
+    import logging
+
+    records = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("scan_cli")
+    handler = _Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)

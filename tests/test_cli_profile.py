@@ -53,7 +53,7 @@ def test_bare_backbone_json_schema(run_cli):
     doc = json.loads(out)  # stdout is exactly one JSON document
     assert "counting MACs" in err and "counting MACs" not in out
     assert doc["units"] == "MACs" and doc["input_size"] == 64 and doc["batch_size"] == 1
-    assert doc["source"] == {"backbone": "test_resnet", "heads": "slim"}
+    assert doc["source"] == {"backbone": "test_resnet", "provider": "timm", "heads": "slim"}
     assert isinstance(doc["backbone_macs"], int) and doc["backbone_macs"] > 0
     assert doc["uncounted_ops"] == {}
     assert doc["not_counted_elementwise"]["aten::relu_"] > 0
