@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     if cl:
         plains["plain_nchw"] = (plain_nchw, torch.contiguous_format)
     transform = eval_transform(info.data_config, info.input_size)
-    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    all_costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    costs, backbone_macs = all_costs.cumulative, all_costs.backbone_macs
     cal = info.calibration
     if not cal:
         raise SystemExit(f"{run_dir} is not calibrated: run 'scan calibrate --run {run_dir} --max-drop 0.005' first")

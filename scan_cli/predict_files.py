@@ -282,7 +282,7 @@ def summarize(predictions: list, num_errors: int, num_exits: int, costs: list, b
 
 # -- the whole command -----------------------------------------------------------------------------
 def load_for_prediction(run: Optional[str], device=None):
-    """(run_dir, model on device, info, transform, costs, backbone_macs) for a run folder."""
+    """(run_dir, model on device, info, transform, CascadeCosts, backbone_macs) for a run folder."""
     from .artifact import load
     from .data import eval_transform
     from .profiling import cascade_costs
@@ -291,8 +291,8 @@ def load_for_prediction(run: Optional[str], device=None):
     run_dir = resolve_run(run)
     model, info = load(model_path(run_dir), device=device or "cpu")
     transform = eval_transform(info.data_config, info.input_size)
-    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
-    return run_dir, model, info, transform, [float(c) for c in costs], float(backbone_macs)
+    costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    return run_dir, model, info, transform, costs, float(costs.backbone_macs)
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
@@ -315,8 +315,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
     policy = exit_policy(info, run_dir, model.num_exits, thresholds=thresholds, target_acc=target_acc,
                          score=score, fallback=fallback)
-    report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
-                           backbone_macs=backbone_macs, batch_size=batch_size,
+    report = predict_paths(model, paths, transform, policy, classes=info.classes,
+                           costs=costs.for_policy(policy.thresholds, policy.fallback), backbone_macs=backbone_macs, batch_size=batch_size,
                            workers=_workers_for(workers, len(paths), batch_size), device=dev,
                            top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model))
     report.summary["run"] = str(run_dir)

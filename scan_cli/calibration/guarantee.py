@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..errors import UsageError
-from .cascade import CascadeData, TargetUnreachable, _expected_cost, _simulate_many
+from .cascade import CascadeData, TargetUnreachable, _costs_for_many, _expected_cost, _simulate_many
 from .search import pareto_front
 
 
@@ -77,7 +77,7 @@ def _certify(data: CascadeData, confidence: float, seed: int, max_evaluations: f
             "use more validation images, a lower --target-acc or a lower --confidence"
         )
     _, counts = _simulate_many(data, T[rejected])
-    full_cost = _expected_cost(counts, data.costs, n)
+    full_cost = _expected_cost(counts, _costs_for_many(data, T[rejected]), n)
     pick = int(np.argmin(full_cost))  # ties -> the first, i.e. the more accurate configuration
     i = rejected[pick]
     guarantee = {

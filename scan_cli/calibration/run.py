@@ -58,15 +58,19 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
     logits, labels = split_outputs(run_dir, model, info, "val", device=device)
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    costs = costs_of(run_dir, model, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
-    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+    # with fallback last an exit can be switched off (it then runs nothing); the ensemble needs every head
+    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                       heads=None if fallback == "ensemble" else costs.heads)
     result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
                        confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
-                "backbone_macs": backbone_macs, "exit_macs": list(cumulative),
+                "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
+                "head_macs": list(costs.heads),
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
@@ -98,14 +102,17 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]
     doc["ensemble"] = {"accuracy": accs["ensemble"]}
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    costs = costs_of(run_dir, model, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     for k in range(K):
         doc["exits"][k]["macs_cumulative"] = cumulative[k]
     doc["backbone_macs"] = backbone_macs
     cal = info.calibration
     if cal:
-        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), cal.get("fallback", "last"))
-        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+        fallback = cal.get("fallback", "last")
+        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), fallback)
+        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                            heads=None if fallback == "ensemble" else costs.heads)
         thresholds = [np.inf if t is None else t for t in cal["thresholds"][:K - 1]]
         summary = summarize(data_, thresholds)
         doc["cascade"] = {
