@@ -272,7 +272,9 @@ def head_config(raw, path: Path):
                         f"(this scan_cli {__version__} knows {', '.join(known)}): install the scan_cli that wrote it or retrain")
     checks = {"width": (lambda v: v is None or _positive_int(v), "null or a positive int"),
               "attention": (lambda v: isinstance(v, bool), "true or false"),
-              "attention_reduction": (_positive_int, "a positive int")}
+              "attention_reduction": (_positive_int, "a positive int"),
+              "attention_at": (lambda v: v in ("input", "reduced"), "input or reduced"),
+              "narrow": (lambda v: isinstance(v, bool), "true or false")}
     for key, value in raw.items():
         ok, expected = checks.get(key, (lambda v: True, ""))
         if not ok(value):
