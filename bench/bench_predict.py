@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     from scan_cli.data import eval_transform
     from scan_cli.images import open_rgb
     from scan_cli.data import default_num_workers as default_workers
-    from scan_cli.predict_files import ExitPolicy, _shallow, predict_paths, use_channels_last
+    from scan_cli.devices import use_channels_last
+    from scan_cli.predict_files import ExitPolicy, _shallow, predict_paths
     from scan_cli.profiling import cascade_costs, run_to_exit
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
 

@@ -205,18 +205,6 @@ def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> in
     return default_num_workers() if num_images > batch_size else 0
 
 
-def use_channels_last(mode: Optional[str], model) -> bool:
-    """--channels-last auto|on|off. auto: on for convolutional backbones (on CPU it roughly halves
-    the time of the exit heads' 1x1 convolutions at full resolution; on CUDA it is the fast
-    layout), off for ViTs, whose blocks do not see 4-D tensors."""
-    mode = (mode or "auto").lower()
-    if mode not in ("auto", "on", "off"):
-        raise UsageError(f"--channels-last '{mode}': use auto, on or off")
-    if mode == "auto":
-        return getattr(model.backbone, "family", "") != "vit"
-    return mode == "on"
-
-
 def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,
                   backbone_macs: float, batch_size: int = 64, workers: int = 0, device=None,
                   top_k: int = 1, progress: bool = True, channels_last: bool = False) -> PredictionReport:
@@ -343,6 +331,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     policy = exit_policy(info, run_dir, num_exits, thresholds=thresholds, target_acc=target_acc,
                          score=score, fallback=fallback, device=str(dev))
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(str(run_dir), dev)
+    from .devices import use_channels_last
+
     report = predict_paths(model, paths, transform, policy, classes=info.classes,
                            costs=costs.for_policy(policy.thresholds, policy.fallback), backbone_macs=backbone_macs,
                            batch_size=batch_size, workers=_workers_for(workers, len(paths), batch_size), device=dev,

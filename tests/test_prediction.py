@@ -311,7 +311,7 @@ def test_given_thresholds_equal_the_cascade_simulation(loaded, images, fallback)
 def test_channels_last_gives_the_same_answers(run_dir, images):
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
-    from scan_cli.predict_files import use_channels_last
+    from scan_cli.devices import use_channels_last
 
     model, info = load(run_dir / "model.safetensors")  # its own copy: the layout is changed in place
     x = decoded_batch(images, info)
