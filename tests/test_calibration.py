@@ -381,3 +381,24 @@ def test_the_search_switches_an_expensive_useless_exit_off():
     result = calibrate(data, target_acc=1.0)
     assert result.thresholds[1] == np.inf and result.exit_shares[1] == 0
     assert result.expected_cost <= summarize(data, [np.inf, np.inf])["expected_cost"] == 3.0
+
+
+def test_binomial_interval_matches_clopper_pearson():
+    from scan_cli.calibration.guarantee import binomial_interval
+
+    lo, hi = binomial_interval(95, 100)
+    assert lo == pytest.approx(0.8872, abs=2e-4) and hi == pytest.approx(0.9836, abs=2e-4)
+    assert binomial_interval(0, 10)[0] == 0.0 and binomial_interval(10, 10)[1] == 1.0
+    assert binomial_interval(10, 10)[0] == pytest.approx(0.025 ** (1 / 10), abs=1e-6)
+
+
+def test_operating_points_hold_no_dominated_row():
+    data = random_cascade(3, 300, 4)
+    result = calibrate(data, max_drop=0.01)
+    points = result.pareto
+    assert result.val_accuracy_interval[0] <= result.val_accuracy <= result.val_accuracy_interval[1]
+    for p in points:
+        if p["label"] == "chosen":
+            continue
+        assert not any(q is not p and q["cost"] <= p["cost"] and q["accuracy"] >= p["accuracy"]
+                       and (q["cost"] < p["cost"] or q["accuracy"] > p["accuracy"]) for q in points)

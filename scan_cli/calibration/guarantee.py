@@ -33,6 +33,25 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
 
 
+def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for an accuracy of ``correct`` / ``n``: where the accuracy on
+    fresh data from the same distribution lies with probability >= ``level``."""
+    alpha = (1 - level) / 2
+
+    def solve(f, lo=0.0, hi=1.0):  # f increasing in p; the p with f(p) = 0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if f(mid) > 0:
+                hi = mid
+            else:
+                lo = mid
+        return (lo + hi) / 2
+
+    lower = 0.0 if correct == 0 else solve(lambda p: (1 - binom_cdf(correct - 1, n, p)) - alpha)
+    upper = 1.0 if correct >= n else solve(lambda p: alpha - binom_cdf(correct, n, p))
+    return lower, upper
+
+
 def _certify(data: CascadeData, confidence: float, seed: int, max_evaluations: float, target_acc=None, max_drop=None):
     """Pareto Testing: optimise on one half, fixed-sequence binomial tests on the other half.
 
