@@ -108,17 +108,17 @@ def evaluate_command(
     from rich.table import Table
 
     K = len(doc["exits"])
-    table = Table(title=f"{doc['split']} split, {doc['n']} images")
+    table = Table(title=f"{doc['split']} split, {doc['n']} images: accuracy of each exit alone, and where the cascade answered")
     table.add_column("")
     for k in range(K):
         table.add_column(f"exit {k + 1}/{K}", justify="right")
     table.add_column("ensemble", justify="right")
     table.add_column("cascade", justify="right")
     cascade = doc["cascade"]
-    table.add_row("accuracy when every image answers here", *[f"{100 * e['accuracy']:.2f}%" for e in doc["exits"]],
+    table.add_row("accuracy", *[f"{100 * e['accuracy']:.2f}%" for e in doc["exits"]],
                   f"{100 * doc['ensemble']['accuracy']:.2f}%", f"{100 * cascade['accuracy']:.2f}%" if cascade else "not calibrated")
     if cascade:
-        table.add_row("images the cascade answers here", *[f"{100 * s:.1f}%" for s in cascade["exit_shares"]], "",
+        table.add_row("answered here", *[f"{100 * s:.1f}%" for s in cascade["exit_shares"]], "",
                       f"{cascade['speedup']:.2f}x fewer MACs")
     console = stdout_console()
     console.print(table)

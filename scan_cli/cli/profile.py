@@ -112,8 +112,6 @@ def profile_command(
         print_json(doc)
         return
     console = stdout_console()
-    if not console.is_terminal:
-        console.width = 160  # a file or a pipe: do not squeeze the table to 80 columns
     _print_table(console, report, doc, expected, latency, cascade, flops)
 
 
