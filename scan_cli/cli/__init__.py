@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(backbones.app, name="backbones")
 app.command("plugins")(plugins.plugins_command)
 
-for _name in ("fit", "calibrate", "profile", "predict"):
+for _name in ("fit", "calibrate", "profile", "predict", "export"):
     try:  # commands land one by one; a missing module must not break the others
         _mod = __import__(f"scan_cli.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError as _exc:
