@@ -41,13 +41,18 @@ def predict_command(
     channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
+    from ..onnx_engine import wants_onnx
     from ..prediction import predict, summary_lines, write_csv
     from ._output import info, print_json
 
+    if wants_onnx(engine, run):  # the ONNX Runtime engine: same report, same exit codes
+        from ..onnx_engine import predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k,
                      channels_last=channels_last)
+    report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())
     else:
