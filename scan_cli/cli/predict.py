@@ -22,6 +22,9 @@ exit (1-based), exit_index (0-based), num_exits, macs (MACs spent on that image)
 ([{label, probability}]). A summary (exit shares, average MACs vs the plain backbone, images/s)
 goes to stderr.
 
+--engine onnxruntime runs the same early exit on ONNX Runtime (CPU), from a `scan export` of the
+run (made once and cached in the run's cache/) or from an export folder given as --run.
+
 Exit codes: 0 every image predicted; 3 some files could not be read (listed in errors) but at
 least one was predicted; 1 no image could be read, or an error (e.g. nothing matched INPUTS);
 2 bad flags."""
