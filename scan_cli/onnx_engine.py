@@ -123,10 +123,12 @@ class EarlyExit(NamedTuple):
 
 
 def session_options(threads: Optional[int] = None, spinning: Optional[bool] = None):
-    """One ONNX Runtime session per piece, run one after the other: sequential execution, full
-    graph optimisation (constant folding, conv+BN/activation fusion, layout transforms), no
-    inter-op pool. ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
-    ``spinning=False`` stops idle workers from busy-waiting (fairer on a shared machine)."""
+    """Options for one piece's session: sequential execution, full graph optimisation (constant
+    folding, conv + batch norm + activation fusion, blocked NCHWc convolution layouts), no inter-op
+    pool. ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
+    ``spinning``: whether idle intra-op workers busy-wait for the next operator (ONNX Runtime's
+    default: yes). Every session has its own pool, so with spinning the K pools of a cascade spin
+    against each other: after piece k returns, its workers keep a core busy while piece k+1 runs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -142,9 +144,14 @@ def session_options(threads: Optional[int] = None, spinning: Optional[bool] = No
 
 
 class Cascade:
-    """An exported cascade loaded into ONNX Runtime (CPU)."""
+    """An exported cascade loaded into ONNX Runtime (CPU): one session per piece.
 
-    def __init__(self, folder, threads: Optional[int] = None, spinning: Optional[bool] = None):
+    ``spinning`` defaults to False (see ``session_options``): the pieces run one after the other,
+    each in its own thread pool, and spinning workers of the piece that just finished would compete
+    with the next piece for the cores. (A process-wide pool shared by all sessions would avoid that
+    too, but ONNX Runtime then requires every session in the process to use it.)"""
+
+    def __init__(self, folder, threads: Optional[int] = None, spinning: Optional[bool] = False):
         from .export import require
 
         require(("onnxruntime", "numpy"), "--engine onnxruntime")
