@@ -30,8 +30,8 @@ def export_command(
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or newer)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document."),
 ):
-    from ..export import FORMATS, export_run
     from ..errors import UsageError
+    from ..export import FORMATS, export_run
     from ._output import info, print_json
 
     if fmt not in FORMATS:
@@ -52,15 +52,19 @@ def _print_pieces(manifest: dict) -> None:
     from ._output import stdout_console
 
     K = manifest["num_exits"]
-    table = Table(title=f"{manifest['backbone']['id']}: ONNX cascade (opset {manifest['producer']['opset']})")
-    for col in ("file", "input", "outputs", "exit", "threshold", "MACs to answer", "max diff vs torch"):
-        table.add_column(col, justify="right" if col in ("MACs to answer", "max diff vs torch") else "left")
+    table = Table(title=f"{manifest['backbone']['id']}: ONNX cascade, opset {manifest['producer']['opset']}")
+    for col in ("file", "exit", "threshold", "outputs", "MACs to answer", "diff vs torch"):
+        table.add_column(col, justify="right" if col in ("MACs to answer", "diff vs torch") else "left", no_wrap=True)
     for p in manifest["pieces"]:
         t = p["threshold"]
-        threshold = "always" if p["exit"] == K else ("never (no head)" if p["logits"] is None else
-                                                     "never" if t is None else f"{t:.4g}")
-        table.add_row(p["file"], f"{p['input']} {p['input_shape']}", ", ".join(p["outputs"]), f"{p['exit']}/{K}",
-                      threshold, format_macs(p["macs_cumulative"]), f"{p['max_abs_diff_vs_torch']:.1e}")
+        threshold = ("always" if p["exit"] == K else "never, no head" if p["logits"] is None else
+                     "never" if t is None else f"{t:.4g}")
+        table.add_row(p["file"], f"{p['exit']}/{K}", threshold, ", ".join(p["outputs"]),
+                      format_macs(p["macs_cumulative"]), f"{p['max_abs_diff_vs_torch']:.1e}")
+    for key in ("full", "plain"):
+        if key in manifest:
+            extra = manifest[key]
+            table.add_row(extra["file"], "", "", ", ".join(extra["outputs"]), "", f"{extra['max_abs_diff_vs_torch']:.1e}")
     stdout_console().print(table)
 
 
