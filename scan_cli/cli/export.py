@@ -53,8 +53,8 @@ def _print_pieces(manifest: dict) -> None:
 
     K = manifest["num_exits"]
     table = Table(title=f"{manifest['backbone']['id']}: ONNX cascade, opset {manifest['producer']['opset']}")
-    for col in ("file", "exit", "threshold", "outputs", "MACs to answer", "diff vs torch"):
-        table.add_column(col, justify="right" if col in ("MACs to answer", "diff vs torch") else "left", no_wrap=True)
+    for col in ("file", "exit", "threshold", "outputs", "MACs", "vs torch"):
+        table.add_column(col, justify="right" if col in ("MACs", "vs torch") else "left", no_wrap=col != "outputs")
     for p in manifest["pieces"]:
         t = p["threshold"]
         threshold = ("always" if p["exit"] == K else "never, no head" if p["logits"] is None else
