@@ -297,6 +297,44 @@ def test_answered_images_leave_the_batch(resnet_case):
     assert fed == [(0, n)]
 
 
+def test_export_follows_the_exit_heads_as_they_run(resnet_case, tmp_path):
+    """The export goes through model.exit_logits, so a head rewritten for speed (here the patchify
+    conv as reshape + matmul, with the batch size read from the tensor) exports as it now runs."""
+    import onnx
+    import onnxruntime as ort
+
+    from scan_cli.export import export_graph, piece_module
+
+    c = resnet_case
+    conv = c.model.heads[0].body[3]  # the strided conv whose kernel is its stride
+    s = conv.stride[0]
+
+    def patchify(x):
+        b, ch, h, w = x.shape
+        x = x[..., : h // s * s, : w // s * s].reshape(b, ch, h // s, s, w // s, s).permute(0, 2, 4, 1, 3, 5)
+        y = x.reshape(b, (h // s) * (w // s), ch * s * s) @ conv.weight.reshape(conv.out_channels, -1).T
+        return y.reshape(b, h // s, w // s, conv.out_channels).permute(0, 3, 1, 2)
+
+    module = piece_module(c.model, 0, head=True)
+    with torch.no_grad():
+        before = module(c.x[:5])[1]
+        conv.forward = patchify
+        try:
+            after = module(c.x[:5])[1]
+            export_graph(module, c.x[:2], tmp_path / "piece1.onnx", "image", ["features_1", "logits_1"])
+        finally:
+            del conv.forward  # back to the class's forward
+    assert float((after - before).abs().max()) < 1e-4  # the rewrite computes the same head
+    ops = {}
+    for name, path in (("before", c.out / "piece1.onnx"), ("after", tmp_path / "piece1.onnx")):
+        kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
+        ops[name] = (kinds.count("Conv"), kinds.count("MatMul"))
+    assert ops["after"][0] == ops["before"][0] - 1 and ops["after"][1] > ops["before"][1]  # the rewritten head
+    session = ort.InferenceSession(str(tmp_path / "piece1.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits_1"], {"image": c.x[:5].numpy()})[0]  # another batch size than exported
+    assert float(np.abs(got - before.numpy()).max()) < TOL
+
+
 @pytest.mark.parametrize("kind", ["max_softmax", "margin", "neg_entropy"])
 def test_numpy_scores_equal_scoring_confidence(kind):
     from scan_cli.onnx_engine import confidence as np_confidence
