@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -437,6 +438,10 @@ def export_run(run: Optional[str], out: Optional[str] = None, *, fmt: str = "onn
     out_dir = Path(out) if out else run_dir / "onnx"
     _prepare_out(out_dir)
     model, info = load(model_path(run_dir))
+    if not all_exits and not (info.calibration or {}).get("thresholds"):
+        logging.getLogger(__name__).warning(
+            "this run is not calibrated: the shallow exits are exported without their heads (the cascade is "
+            "the plain backbone). Run 'scan calibrate' first, or pass --all-exits to keep them")
     manifest = export_model(model, info, out_dir, fmt=fmt, all_exits=all_exits, plain=plain, opset=opset,
                             cache_dir=run_dir / CACHE_DIR, log=log)
     return manifest, out_dir

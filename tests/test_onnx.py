@@ -475,6 +475,28 @@ def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case,
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "new").exists()
 
 
+def test_exporting_an_uncalibrated_run_says_what_it_gives(run_cli, resnet_case, tmp_path, monkeypatch):
+    """Without thresholds every shallow head would be left out (the plain backbone): say so on stderr."""
+    from scan_cli import artifact, export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    info = artifact.read_info(resnet_case.run / "model.safetensors")
+    info.calibration = None
+    artifact.save(resnet_case.model, info, run / "model.safetensors")
+    seen = {}
+
+    def fake_export(model, info, out, **kwargs):
+        seen.update(kwargs, calibration=info.calibration)
+        return {"pieces": []}
+
+    monkeypatch.setattr(export, "export_model", fake_export)
+    code, out, err = run_cli("export", "--run", str(run), "--out", str(tmp_path / "x"), "--json")
+    assert code == 0 and "not calibrated" in err and "--all-exits" in err and seen["calibration"] is None
+    code, out, err = run_cli("export", "--run", str(run), "--out", str(tmp_path / "x"), "--json", "--all-exits")
+    assert code == 0 and "not calibrated" not in err and seen["all_exits"] is True
+
+
 def test_failed_export_leaves_nothing(resnet_case, tmp_path, monkeypatch):
     from scan_cli import export
     from scan_cli.errors import ScanError
