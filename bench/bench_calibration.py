@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scan_cli.calibration import (  # noqa: E402  (the production search)
     CascadeData,
     TargetUnreachable,
-    _simulate_many,
     calibrate,
     summarize,
 )
+from scan_cli.calibration.cascade import _simulate_many  # noqa: E402
 
 COSTS = np.array([0.3, 0.55, 0.8, 1.0])  # x the backbone's MACs
 

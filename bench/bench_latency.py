@@ -61,6 +61,7 @@ def main() -> int:
     import torch
 
     from scan_cli import profiling
+    from scan_cli.bare_model import build_bare_model
 
     threads = args.threads or os.cpu_count() or 1
     batch = 4 if args.quick else args.batch
@@ -70,7 +71,7 @@ def main() -> int:
     rows = []
     for backbone_id, size in CASES:
         torch.manual_seed(0)
-        model, size = profiling.build_bare_model(backbone_id, size, "slim")
+        model, size = build_bare_model(backbone_id, size, "slim")
         macs = profiling.count_macs(model, size)
         # (warm-up rounds, timed rounds) per batch size; a round times every exit and the plain model once.
         # resnet50 at batch 64 takes seconds per forward on 2 cores: few rounds there.

@@ -157,13 +157,13 @@ def run_case(run_dir: Path, n: int):
     import torch
 
     from scan_cli.artifact import load
-    from scan_cli.calibrating import load_split
+    from scan_cli.data import run_split
     from scan_cli.runs import model_path
 
     model, info = load(model_path(run_dir))
     if not (info.calibration or {}).get("thresholds"):
         raise SystemExit(f"{run_dir} is not calibrated: run 'scan calibrate --run {run_dir}' first")
-    dataset, _ = load_split(info, "test")
+    dataset, _ = run_split(run_dir, info, "test")
     images = [dataset[i][0] for i in range(min(n, len(dataset)))]
     x = torch.stack(images)
     return {"name": f"{info.backbone_id} run {run_dir.name} at {info.input_size} px", "model": model, "info": info,

@@ -7,7 +7,7 @@ DIR is a digits run (`scan fit resnet10_cifar --recipe digits-cpu --out DIR` the
 `scan calibrate --run DIR --max-drop 0.005`). The run's digits test split is written out as PNG
 files (the 8x8 grayscale arrays exactly as the data module decodes them), then, per batch size:
 
-* files: the whole `scan predict` job, decoding included. Early exit = `prediction.predict_paths`
+* files: the whole `scan predict` job, decoding included. Early exit = `predict_files.predict_paths`
   (the code `scan predict` runs) with the run's calibrated thresholds; plain = the same DataLoader
   over `images.ImageFiles` with the same eval transform, batch size and workers, then
   `model.backbone.model(x)` (the timm model's own forward) and the same softmax/top-1.
@@ -58,13 +58,13 @@ def machine() -> dict:
             "python": platform.python_version(), "load_1min_at_start": load}
 
 
-def write_test_pngs(info, folder: Path):
+def write_test_pngs(run_dir, info, folder: Path):
     """The run's test split as PNG files; returns (paths, labels)."""
     from PIL import Image
 
-    from scan_cli.calibrating import load_split
+    from scan_cli.data import run_split
 
-    dataset, _ = load_split(info, "test")
+    dataset, _ = run_split(run_dir, info, "test")
     images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
     if images is None:
         raise SystemExit("this benchmark needs an array-backed test split (the digits data)")
@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
     from scan_cli.images import open_rgb
-    from scan_cli.prediction import ExitPolicy, _shallow, default_workers, predict_paths, use_channels_last
+    from scan_cli.data import default_num_workers as default_workers
+    from scan_cli.predict_files import ExitPolicy, _shallow, predict_paths, use_channels_last
     from scan_cli.profiling import cascade_costs, run_to_exit
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
 
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
     if cl:
         plains["plain_nchw"] = (plain_nchw, torch.contiguous_format)
     transform = eval_transform(info.data_config, info.input_size)
-    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    all_costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    costs, backbone_macs = all_costs.cumulative, all_costs.backbone_macs
     cal = info.calibration
     if not cal:
         raise SystemExit(f"{run_dir} is not calibrated: run 'scan calibrate --run {run_dir} --max-drop 0.005' first")
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
               "calibration": cal, "exit_macs": costs, "backbone_macs": backbone_macs, "batches": {}}
 
     with tempfile.TemporaryDirectory(prefix="scan-bench-") as tmp:
-        paths, labels = write_test_pngs(info, Path(tmp) / "test")
+        paths, labels = write_test_pngs(run_dir, info, Path(tmp) / "test")
         n = len(paths)
         x_all = torch.stack([transform(open_rgb(p)) for p in paths])
         y = torch.tensor(labels)

@@ -1,21 +1,29 @@
 """``model.safetensors``: the whole SCAN model plus JSON metadata. Nothing is ever unpickled.
 
 Metadata keys (all JSON strings): format, format_version, scan_cli_version, backbone
-({id, provider, distribution, version, build_kwargs}), split_points, head, num_classes, classes,
-data_config, input_size, and optionally recipe, calibration, metrics.
+({id, provider, distribution, version, declared_split_points}), split_points, head, num_classes,
+classes, data_config, input_size, and optionally recipe, calibration, metrics.
+
+Nothing in the metadata chooses code or files: the backbone is built with ``build(num_classes,
+pretrained=False)`` only (a ``build_kwargs`` entry written by old or edited files is ignored), and
+head settings must be the known ``HeadConfig`` keys with plain values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
 from .errors import ScanError
 
+log = logging.getLogger("scan_cli")
+_WARNED: set[str] = set()  # files whose ignored build_kwargs were reported (once per process)
 FORMAT = "scan-model"
 FORMAT_VERSION = 1
 OPTIONAL_KEYS = ("recipe", "calibration", "metrics")
@@ -34,7 +42,7 @@ class ArtifactInfo:
     input_size: int
     provider_distribution: str = ""
     provider_version: str = ""
-    build_kwargs: dict = field(default_factory=dict)
+    declared_split_points: Optional[list[dict]] = None  # what the provider declared at training time
     recipe: Optional[dict] = None
     calibration: Optional[dict] = None
     metrics: Optional[dict] = None
@@ -51,7 +59,7 @@ class ArtifactInfo:
             "scan_cli_version": __version__,
             "backbone": json.dumps({"id": self.backbone_id, "provider": self.provider,
                                     "distribution": self.provider_distribution, "version": self.provider_version,
-                                    "build_kwargs": self.build_kwargs}),
+                                    "declared_split_points": self.declared_split_points}),
             "split_points": json.dumps(self.split_points),
             "head": json.dumps(self.head),
             "num_classes": str(self.num_classes),
@@ -76,10 +84,14 @@ class ArtifactInfo:
             )
         try:
             backbone = json.loads(meta["backbone"])
+            if backbone.get("build_kwargs") and str(path) not in _WARNED:  # never passed on: a model file
+                _WARNED.add(str(path))                                   # must not choose what gets loaded
+                log.warning(f"{path}: build_kwargs {sorted(backbone['build_kwargs'])} in its metadata are ignored "
+                            f"(scan builds backbones with num_classes and pretrained=False only)")
             return cls(
                 backbone_id=backbone["id"], provider=backbone["provider"],
                 provider_distribution=backbone.get("distribution", ""), provider_version=backbone.get("version", ""),
-                build_kwargs=backbone.get("build_kwargs", {}),
+                declared_split_points=backbone.get("declared_split_points"),
                 split_points=json.loads(meta["split_points"]), head=json.loads(meta["head"]),
                 classes=json.loads(meta["classes"]), data_config=json.loads(meta["data_config"]),
                 input_size=int(meta["input_size"]), scan_cli_version=meta.get("scan_cli_version", ""),
@@ -106,16 +118,57 @@ def finite(obj):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half file."""
+    """Call ``write(tmp_path)``, make it durable, then rename it over ``path``: a crash or a full disk
+    never leaves a half file, and the previous file stays readable until the rename.
+
+    The file gets the permissions the umask gives new files (some writers create 0600 files), is
+    fsync-ed before the rename, and the folder after it, so the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def artifact_fingerprint(model_file: Path) -> str:
+    """sha256 of the tensors part of the artifact: calibration metadata changes don't invalidate caches."""
+    import struct
+
+    with open(model_file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def save(model, info: ArtifactInfo, path: Path) -> None:
@@ -155,58 +208,114 @@ def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
 
 
 def load(path: Path, registry=None, device="cpu"):
-    """Rebuild the model from its backbone provider and load the tensors. Returns (model, info)."""
+    """Rebuild the model from its backbone provider and load the tensors. Returns (model, info).
+
+    Refuses (naming the provider and the package version it was trained with) when the backbone no
+    longer has the model's exits or gives other shapes there; warns when the provider now declares
+    other default split points (the model keeps its own exits, which still fit)."""
     from safetensors.torch import load_model
 
-    from .model import HeadConfig, build_scan_model
-    from .registry import default_registry
+    from .backbones.shapes import trace_shapes
+    from .checks import SplitPointError, measured_reduction
+    from .model import build_scan_model
+    from .registry import default_registry, provider_label
 
     path = Path(path)
     info = read_info(path)
     registry = registry or default_registry()
-    try:
-        spec = registry.get(info.backbone_id)
-    except ScanError:
-        raise ScanError(
-            f"{path} needs backbone '{info.backbone_id}' from provider '{info.provider}' "
-            f"({info.provider_distribution or 'unknown package'} {info.provider_version}), which is not installed: "
-            f"pip install {info.provider_distribution or 'the plugin that provides it'}"
-        ) from None
-    head = HeadConfig(**info.head)
+    spec = registry.require(info.backbone_id, provider=info.provider, distribution=info.provider_distribution,
+                            version=info.provider_version, needed_by=str(path))
+    head = head_config(info.head, path)
     modules = [s["module"] for s in info.split_points]
+    fix = _trained_with(info)
     try:
         model = build_scan_model(spec, num_classes=info.num_classes, head=head, split_modules=modules,
-                                 input_size=info.input_size, **info.build_kwargs)
-    except ScanError as exc:  # the provider's backbone changed under the artifact
-        raise ScanError(
-            f"{path} does not match backbone '{info.backbone_id}' as provided now by {spec.provider} ({exc}): "
-            f"install {info.provider_distribution} {info.provider_version} as used for training, or retrain"
-        ) from None
-    from .backbones.shapes import trace_shapes
-
+                                 input_size=info.input_size)
+    except SplitPointError as exc:  # the provider's backbone changed under the artifact
+        raise ScanError(f"{path} has exits after {', '.join(modules)}, which the installed backbone no longer offers "
+                        f"({exc}): {fix}") from None
     shapes = trace_shapes(model.backbone, info.input_size)
     for sp in info.split_points:
         c, h, _ = shapes[sp["module"]]
-        if c != sp["channels"]:
+        r = measured_reduction(info.input_size, h)
+        if (c, r) != (sp["channels"], sp["reduction"]):
             raise ScanError(
-                f"backbone '{info.backbone_id}' now gives {c} channels at {sp['module']}, the artifact expects "
-                f"{sp['channels']}: install {info.provider_distribution} {info.provider_version} as used for training"
+                f"backbone '{info.backbone_id}' from {provider_label(spec)} now gives {c} channels at 1/{r} after "
+                f"{sp['module']}, {path} expects {sp['channels']} at 1/{sp['reduction']}: {fix}"
             )
+    _warn_changed_split_points(path, info, spec)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as exc:
-        raise ScanError(f"{path} does not match backbone '{info.backbone_id}' ({str(exc).splitlines()[0]}): retrain with 'scan fit'") from None
+        raise ScanError(f"{path} does not match backbone '{info.backbone_id}' ({str(exc).splitlines()[0]}): {fix}") from None
     if missing or unexpected:
         names = ", ".join((list(missing) + list(unexpected))[:3])
-        raise ScanError(
-            f"{path} does not match backbone '{info.backbone_id}' as provided by {info.provider} "
-            f"{info.provider_version} (tensors differ: {names}): install the provider version it was trained with or retrain"
-        )
+        raise ScanError(f"{path} does not match backbone '{info.backbone_id}' from {provider_label(spec)} "
+                        f"(tensors differ: {names}): {fix}")
     model.to(device).eval()
     return model, info
 
 
-def info_for(model, spec, registry, *, classes, data_config, input_size, build_kwargs=None, recipe=None) -> ArtifactInfo:
+def head_config(raw, path: Path):
+    """``HeadConfig`` from metadata: known keys with plain values only, else a one-line error."""
+    from dataclasses import fields
+
+    from .model import HeadConfig
+
+    if not isinstance(raw, dict):
+        raise ScanError(f"{path} has damaged head settings in its metadata (not a JSON object): "
+                        f"re-run 'scan fit' to write it again")
+    known = [f.name for f in fields(HeadConfig)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ScanError(f"{path} has unknown head setting(s) {', '.join(map(repr, unknown))} in its metadata "
+                        f"(this scan_cli {__version__} knows {', '.join(known)}): install the scan_cli that wrote it or retrain")
+    checks = {"width": (lambda v: v is None or _positive_int(v), "null or a positive int"),
+              "attention": (lambda v: isinstance(v, bool), "true or false"),
+              "attention_reduction": (_positive_int, "a positive int"),
+              "attention_at": (lambda v: v in ("input", "reduced"), "input or reduced"),
+              "narrow": (lambda v: isinstance(v, bool), "true or false")}
+    for key, value in raw.items():
+        ok, expected = checks.get(key, (lambda v: True, ""))
+        if not ok(value):
+            raise ScanError(f"{path} has an invalid head setting {key}={value!r} in its metadata ({expected}): "
+                            f"re-run 'scan fit' to write it again")
+    return HeadConfig(**raw)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _trained_with(info: ArtifactInfo) -> str:
+    """The fix for a backbone that changed under a model file: the package version it was trained with."""
+    dist, version = info.provider_distribution, info.provider_version
+    if dist and version and version != "unknown":
+        return f"pip install '{dist}=={version}' as used for training, or retrain"
+    return f"install {dist or 'the provider'} as used for training, or retrain"
+
+
+def _warn_changed_split_points(path: Path, info: ArtifactInfo, spec) -> None:
+    """The provider declared other default split points when this model was trained."""
+    then = info.declared_split_points
+    if then is None:  # written before the declaration was recorded: the exits were the defaults unless --splits
+        if (info.recipe or {}).get("splits"):
+            return
+        then = info.split_points
+    then_modules = [s["module"] for s in then]
+    now_modules = [s.module for s in spec.split_points]
+    if then_modules == now_modules:
+        return
+    from .registry import provider_label
+
+    log.warning(f"{path}: {provider_label(spec)} now declares split points {', '.join(now_modules)} for "
+                f"'{info.backbone_id}', it declared {', '.join(then_modules)} when this model was trained "
+                f"({info.provider_distribution} {info.provider_version}); the model keeps its exits after "
+                f"{', '.join(s['module'] for s in info.split_points)}, which still fit the backbone: "
+                f"retrain to use the new split points")
+
+
+def info_for(model, spec, registry, *, classes, data_config, input_size, recipe=None) -> ArtifactInfo:
     """Describe a freshly built ScanModel for saving."""
     from .backbones.shapes import trace_shapes
 
@@ -214,9 +323,10 @@ def info_for(model, spec, registry, *, classes, data_config, input_size, build_k
     shapes = trace_shapes(model.backbone, input_size)
     splits = [{"module": m, "channels": shapes[m][0], "reduction": max(1, round(input_size / shapes[m][1]))}
               for m in model.split_modules]
+    declared = [sp.to_dict() for sp in spec.split_points]
     return ArtifactInfo(
         backbone_id=spec.id, provider=spec.provider, provider_distribution=status.distribution,
         provider_version=status.version, split_points=splits, head=model.head_config.to_dict(),
         classes=list(classes), data_config=data_config, input_size=input_size,
-        build_kwargs=build_kwargs or {}, recipe=recipe,
+        declared_split_points=declared, recipe=recipe,
     )

@@ -1,11 +1,18 @@
-"""The backbone plugin contract, version 1.
+"""The backbone plugin contract, version 1 (docs/plugins.md is the guide).
 
 A provider package exposes, through the ``scan_cli.backbones`` entry-point group, a ``Provider``
 (or a zero-argument callable returning one). The provider lists ``BackboneSpec`` records: plain data
 that can be read without importing torch. Building a spec returns a ``StagedBackbone``: a network
 that can run section by section, so that inference really stops at an exit.
 
-This module imports torch only inside functions; ``StagedBackbone`` is created on first use.
+Importing this module does not import torch (listing backbones stays cheap); ``StagedBackbone`` is
+created on first access, which imports torch.
+
+Version policy: within contract version 1, changes are additive only (new optional fields with
+defaults, new ``StagedBackbone`` methods with default implementations). A change that could break a
+working plugin gets a new version; a scan_cli release accepts every version in
+``SUPPORTED_CONTRACT_VERSIONS`` and disables a provider targeting another one with a message that
+says whether to upgrade scan-cli or the plugin.
 """
 
 from __future__ import annotations
@@ -13,17 +20,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 1  # the version this scan_cli writes and documents
+SUPPORTED_CONTRACT_VERSIONS = (1,)  # the versions a provider may target
 ENTRY_POINT_GROUP = "scan_cli.backbones"
 
 
 @dataclass(frozen=True)
 class SplitPoint:
-    """A place where an exit can be attached: the output of ``module`` (a path in the backbone)."""
+    """A place where an exit can be attached: after the unit named ``module``.
+
+    ``module`` is one of the built backbone's ``unit_names`` (not the last one). ``channels`` and
+    ``reduction`` (input side / feature-map side, e.g. 4 for a 56x56 map of a 224 input; the patch
+    size for ViTs) describe that unit's output at the spec's ``input_size``. Both are checked against
+    a dry-run forward whenever a model is built."""
 
     module: str
     channels: int
-    reduction: int  # input size / feature-map size (the patch size for ViTs)
+    reduction: int
 
     def to_dict(self) -> dict:
         return {"module": self.module, "channels": self.channels, "reduction": self.reduction}
@@ -34,11 +47,15 @@ class BackboneSpec:
     """What a provider declares about one backbone; validated on discovery, checked by a real forward."""
 
     id: str
-    split_points: tuple[SplitPoint, ...]  # default exits, in execution order (the last stage excluded)
-    build: Callable[..., Any]  # build(num_classes=None, pretrained=False, **kwargs) -> StagedBackbone
+    split_points: tuple[SplitPoint, ...]  # default exits, in execution order (the last unit excluded)
+    # build(num_classes=None, pretrained=False) -> StagedBackbone. scan passes exactly these two
+    # keywords, nothing else and nothing read from a model file. num_classes=None: keep your default
+    # classifier. pretrained=True without weights: raise scan_cli.errors.ScanError("<id> has no
+    # pretrained weights: ...") and the user sees that line.
+    build: Callable[..., Any]
     family: str = ""
     description: str = ""
-    input_size: int = 224  # default square input side
+    input_size: int = 224  # the square input side (an int, e.g. 224) the split points are declared at
     provider: str = ""  # filled in by the registry
 
     def to_dict(self) -> dict:
@@ -54,47 +71,66 @@ class BackboneSpec:
 
 @dataclass
 class Provider:
-    """A set of backbones. ``resolve`` may build specs on demand for ids not in ``backbones``."""
+    """A set of backbones.
+
+    ``backbones`` are listed by ``scan backbones``. ``resolve(id)`` may build a spec on demand for an
+    id that no provider lists; it returns ``None`` for ids it does not handle (it must not raise for
+    them). ``patterns`` are shell-style globs (``fnmatch.fnmatchcase``: ``*``, ``?``, ``[abc]``,
+    case-sensitive); when given, ``resolve`` is only asked about ids matching one of them, and
+    listings show them. ``name`` should equal the entry-point name (the registry uses the latter).
+    """
 
     name: str
     backbones: Iterable[BackboneSpec] = ()
     resolve: Optional[Callable[[str], Optional[BackboneSpec]]] = None
     contract_version: int = CONTRACT_VERSION
     description: str = ""
-    patterns: tuple[str, ...] = field(default=())  # id patterns resolve() accepts, for listings
+    patterns: tuple[str, ...] = field(default=())
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def validate_spec(spec: BackboneSpec) -> None:
-    """Raise ValueError when a spec's declared split points cannot be right (no forward needed)."""
+    """Raise ValueError when a spec cannot be right (no forward needed); the message names the fix."""
+    if not isinstance(spec, BackboneSpec):
+        raise ValueError(f"gives {type(spec).__name__}, not scan_cli.contract.BackboneSpec")
     if not isinstance(spec.id, str) or not spec.id:
         raise ValueError("backbone id must be a non-empty string")
     if not callable(spec.build):
-        raise ValueError(f"{spec.id}: build must be callable")
-    if not spec.split_points:
-        raise ValueError(f"{spec.id}: declares no split points")
+        raise ValueError(f"{spec.id}: build must be callable (build(num_classes=None, pretrained=False))")
+    if not _positive_int(spec.input_size):
+        raise ValueError(f"{spec.id}: input_size must be an int (the square side, e.g. 224), got {spec.input_size!r}")
+    if not isinstance(spec.split_points, (tuple, list)) or not spec.split_points:
+        raise ValueError(f"{spec.id}: declares no split points (a tuple of SplitPoint)")
     seen = set()
     last_reduction = 0
     for sp in spec.split_points:
         if not isinstance(sp, SplitPoint):
-            raise ValueError(f"{spec.id}: split points must be SplitPoint records")
-        if not sp.module or sp.module in seen:
-            raise ValueError(f"{spec.id}: split point module '{sp.module}' is empty or repeated")
-        if not (isinstance(sp.channels, int) and sp.channels > 0):
-            raise ValueError(f"{spec.id}: split point {sp.module} has invalid channels {sp.channels!r}")
-        if not (isinstance(sp.reduction, int) and sp.reduction > 0):
-            raise ValueError(f"{spec.id}: split point {sp.module} has invalid reduction {sp.reduction!r}")
+            raise ValueError(f"{spec.id}: split points must be SplitPoint records, got {type(sp).__name__}")
+        if not isinstance(sp.module, str) or not sp.module or sp.module in seen:
+            raise ValueError(f"{spec.id}: split point module {sp.module!r} is empty or repeated")
+        if not _positive_int(sp.channels):
+            raise ValueError(f"{spec.id}: split point {sp.module} has invalid channels {sp.channels!r} (a positive int)")
+        if not _positive_int(sp.reduction):
+            raise ValueError(f"{spec.id}: split point {sp.module} has invalid reduction {sp.reduction!r} (a positive int)")
         if sp.reduction < last_reduction:
-            raise ValueError(f"{spec.id}: split points are not in execution order at {sp.module}")
+            raise ValueError(f"{spec.id}: split points are not in execution order at {sp.module} "
+                             f"(its reduction {sp.reduction} is below the previous {last_reduction})")
         seen.add(sp.module)
         last_reduction = sp.reduction
 
 
-def default_splits(unit_names: list[str], unit_depths: list[int], quantiles=(0.25, 0.5, 0.75)) -> list[str]:
+def default_splits(unit_names: list[str], unit_depths: Optional[list[int]] = None,
+                   quantiles=(0.25, 0.5, 0.75)) -> list[str]:
     """Default exits: after each stage for stage-structured backbones (<= len(quantiles)+1 units,
     as the paper splits ResNets), else the units whose cumulative depth is closest to 1/4, 2/4, 3/4.
 
-    The last unit is never a split: its output feeds the backbone's own head."""
+    ``unit_depths`` (blocks per unit; default 1 each) is only read here. The last unit is never a
+    split: its output feeds the backbone's own head."""
     n, q = len(unit_names), len(quantiles)
+    unit_depths = list(unit_depths) if unit_depths else [1] * n
     if n <= q + 1:
         return list(unit_names[:-1])
     total = sum(unit_depths)
@@ -116,12 +152,16 @@ def _staged_backbone_class():
     class StagedBackbone(nn.Module):
         """A classifier that runs as stem -> units (in order) -> post -> head.
 
-        Subclasses (or the adapters in ``scan_cli.backbones``) set ``unit_names`` and implement
-        ``forward_stem``, ``forward_post`` and ``forward_head``. Split points are unit names.
+        Set ``unit_names`` (the names exits can follow, in execution order: labels that are stored in
+        model files, so keep them stable between releases), ``data_config`` (timm-style: input_size
+        [3, H, W], mean, std, interpolation, crop_pct) and ``num_classes``; optionally
+        ``unit_depths`` (blocks per unit, read only by ``default_splits`` / ``derive_split_points``).
+        Implement ``forward_stem``, ``forward_head``, ``classify``, ``reset_classifier``; override
+        the others where the defaults do not fit. Keep a wrapped network in ``self.model``: the
+        contract test then compares the staged forward with ``self.model(x)``.
         """
 
         unit_names: list[str]
-        unit_depths: list[int]
         data_config: dict
         num_classes: int
 
@@ -129,6 +169,8 @@ def _staged_backbone_class():
             raise NotImplementedError
 
         def forward_unit(self, name: str, x):
+            """Run one unit. Default: ``self.get_submodule(name)(x)``, i.e. ``name`` is a dotted path
+            from this module (``model.layer1`` for a wrapped network); override to use shorter names."""
             return self.get_submodule(name)(x)
 
         def forward_post(self, x):
@@ -143,7 +185,8 @@ def _staged_backbone_class():
             raise NotImplementedError
 
         def classifier(self):
-            """The module holding the final classifier's weights (retrained for a new class set)."""
+            """The module holding the final classifier's weights (retrained for a new class set).
+            Default: ``self.model.get_classifier()`` (timm models)."""
             return self.model.get_classifier()
 
         def to_feature_map(self, x):

@@ -1,4 +1,4 @@
-"""Choosing the torch device for --device (one rule for fit, predict and profile)."""
+"""Where torch runs: the --device rule (one for fit, predict and profile) and the thread count."""
 
 from __future__ import annotations
 
@@ -20,3 +20,24 @@ def resolve_device(device: Optional[str]):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ScanError(f"--device {device}: CUDA is not available on this machine: use --device cpu")
     return dev
+
+
+class torch_threads:
+    """``with torch_threads(n) as used:`` torch's intra-op thread count set to ``n`` (None or 0:
+    left as it is), restored on exit; ``used`` is the count in force inside."""
+
+    def __init__(self, n: Optional[int]):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(int(self.n))
+        return torch.get_num_threads()
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)

@@ -286,9 +286,12 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool = False, plain: bool = False,
-                 opset: int = OPSET, cache_dir: Optional[Path] = None, log=None) -> dict:
+                 heads: Optional[list] = None, opset: int = OPSET, cache_dir: Optional[Path] = None,
+                 log=None) -> dict:
     """Export a loaded ``ScanModel`` with its ``ArtifactInfo`` into ``out``; returns the manifest
-    (also written there). ``cache_dir``: where MAC counts are cached (a run's ``cache/``)."""
+    (also written there). Shallow heads: those whose exit can fire under the artifact's calibration
+    (all with the ensemble fallback or ``all_exits``), or exactly ``heads`` (one bool per shallow
+    exit) when given. ``cache_dir``: where MAC counts are cached (a run's ``cache/``)."""
     import torch
 
     from .data import eval_transform
@@ -306,7 +309,11 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
     cal = info.calibration or {}
     fallback = cal.get("fallback") or "last"
     keep_all = all_exits or fallback == "ensemble"
-    heads = [keep_all or thresholds[k] is not None for k in range(K - 1)] + [True]
+    if heads is None:
+        heads = [keep_all or thresholds[k] is not None for k in range(K - 1)]
+    elif len(heads) != K - 1:
+        raise UsageError(f"heads: one value per shallow exit ({K - 1}), got {len(heads)}")
+    heads = [bool(h) for h in heads] + [True]
     cache = Path(cache_dir) / f"macs-arch-{structure_key(model)}-{size}.json" if cache_dir else None
     report = profile_macs(model, size, cache_path=cache)  # the same cache file as cascade_costs
     # what answering at exit k costs in *this* export: heads that were left out cost nothing

@@ -8,8 +8,9 @@ without a head (they never fire) only pass the features on. ``fallback='ensemble
 images that reach the end with the mean of all exits' logits.
 
 ``predict`` is ``scan predict --engine onnxruntime`` (or ``--run`` pointing at an export folder):
-the same report as ``scan_cli.prediction.predict`` (same schema, same exit codes). For a training
-run, the run is exported once, with every exit head, into ``RUN/cache/onnx-<fingerprint>/`` and
+the same report as ``scan_cli.predict_files.predict`` (same schema, same exit codes). For a training
+run, the run is exported once per set of exit heads its thresholds need (an exit that never fires
+runs nothing, as in ``ScanModel.early_exit``) into ``RUN/cache/onnx-<fingerprint>-<heads>/`` and
 reused; thresholds then come from the run, exactly as for the torch engine. For an export folder they
 come from its manifest (``--thresholds`` may override them where the exits' heads were exported).
 
@@ -243,16 +244,25 @@ class Cascade:
 
 
 # -- scan predict --engine onnxruntime --------------------------------------------------------------
-def cached_export(run_dir: Path, log=None) -> Path:
-    """``RUN/cache/onnx-<artifact fingerprint>/``, exported (every head kept) on first use."""
-    from .inference import artifact_fingerprint
+def heads_for(thresholds: list, fallback: str, num_exits: int) -> list:
+    """Which shallow exits need their head under a policy: those that can fire, or all of them for the
+    ensemble fallback. As ``ScanModel.early_exit``, an exit that never fires runs nothing."""
+    return [fallback == "ensemble" or (k < len(thresholds) and thresholds[k] is not None)
+            for k in range(num_exits - 1)]
+
+
+def cached_export(run_dir: Path, heads: list, log=None) -> Path:
+    """``RUN/cache/onnx-<artifact fingerprint>-<heads>/`` (heads as 1/0 per shallow exit), exported
+    with exactly those heads on first use: the engine never computes a head that cannot fire."""
+    from .artifact import artifact_fingerprint
     from .runs import CACHE_DIR, model_path
 
-    folder = Path(run_dir) / CACHE_DIR / f"onnx-{artifact_fingerprint(model_path(run_dir))}"
+    tag = "".join("1" if h else "0" for h in heads)
+    folder = Path(run_dir) / CACHE_DIR / f"onnx-{artifact_fingerprint(model_path(run_dir))}-{tag}"
     if (folder / MANIFEST_FILE).is_file():
         try:
             manifest = read_manifest(folder)
-            if all(p.get("logits") for p in manifest["pieces"]):
+            if [p.get("logits") is not None for p in manifest["pieces"][:-1]] == list(heads):
                 return folder
         except ScanError:
             pass  # damaged: export again
@@ -261,15 +271,15 @@ def cached_export(run_dir: Path, log=None) -> Path:
 
     require_export()
     if log:
-        log(f"exporting the run to ONNX once (every exit head kept), into {folder}")
+        log(f"exporting the run to ONNX once for these exits, into {folder}")
     model, info = load(model_path(run_dir))
-    export_model(model, info, folder, all_exits=True, cache_dir=Path(run_dir) / CACHE_DIR)
+    export_model(model, info, folder, heads=list(heads), cache_dir=Path(run_dir) / CACHE_DIR)
     return folder
 
 
 def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     """(export folder, ExitPolicy, run folder or None) for one call."""
-    from .prediction import exit_policy
+    from .predict_files import exit_policy
 
     folder = export_folder(run)
     if folder is not None:
@@ -292,7 +302,7 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     K = len(info.split_points) + 1
     policy = exit_policy(info, run_dir, K, thresholds=thresholds, target_acc=target_acc, score=score,
                          fallback=fallback)
-    return cached_export(run_dir, log), policy, run_dir
+    return cached_export(run_dir, heads_for(policy.thresholds, policy.fallback, K), log), policy, run_dir
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
@@ -300,7 +310,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
             log=None):
-    """`scan predict --engine onnxruntime`: the same report as ``prediction.predict``."""
+    """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
     from .export import require
     from .images import find_images
 
@@ -319,7 +329,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     cascade = Cascade(folder, threads=threads)
     cascade.check_policy(policy.thresholds, policy.fallback)
     from .data import eval_transform
-    from .prediction import _workers_for
+    from .predict_files import _workers_for
 
     manifest = cascade.manifest
     transform = eval_transform(manifest["data_config"], int(manifest["input"]["shape"][-1]))
@@ -332,12 +342,12 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
 
 def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_size: int = 64, workers: int = 0,
                   top_k: int = 1, progress: bool = True):
-    """``prediction.predict_paths`` with the ONNX Runtime cascade (decoding as there, in a DataLoader)."""
+    """``predict_files.predict_paths`` with the ONNX Runtime cascade (decoding as there, in a DataLoader)."""
     import numpy as np
     from torch.utils.data import DataLoader
 
     from .images import ImageFiles, collate_images
-    from .prediction import Prediction, PredictionReport, summarize
+    from .predict_files import Prediction, PredictionReport, summarize
     from .progress import track
 
     if workers < 0:

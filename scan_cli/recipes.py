@@ -13,8 +13,27 @@ from typing import Optional
 from .errors import ScanError, UsageError
 
 
+# What the exits learn from (see ``scan_cli.training.scan_loss``). ``paper`` is the official code's
+# loss, kept for reproduction. ``scan`` (the default) distils 5x more gently: with lambda = 0.5 each
+# shallow exit's KD term weighs lambda T^2 = 4.5 against 1.0 for the deepest exit's own CE, and on
+# small data, where the deepest exit is the weakest teacher, that dragged every exit (the deepest
+# one too, through the shared stages) below plain training; lambda = 0.1 keeps KD and loses
+# nothing (bench/results/quality.md).
+LOSS_PRESETS = {
+    "paper": dict(kd_lambda=0.5, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0,
+                  kd_teacher="last", last_weight=1.0),
+    "scan": dict(kd_lambda=0.1, temperature=3.0, hint_weight=0.03, kd_ramp=0.0, exit_weight=1.0, exit_grad=1.0,
+                 kd_teacher="last", last_weight=1.0),
+}
+SMALL_IMAGE = 64  # px: at or below, CIFAR-style training (pad-and-crop, weight decay 5e-4)
+NO_FLIP_DATA = ("digits", "mnist")  # hand-written digits are not mirror-symmetric
+
+
 @dataclass
 class Recipe:
+    """Training settings. ``None`` (and ``"auto"``) mean "chosen by ``resolve`` from the backbone,
+    image size, data and batch size"; ``fit`` resolves before training and saves the result."""
+
     description: str = ""
     backbone: Optional[str] = None  # default backbone when none is named on the command line
     data: Optional[str] = None  # None = the digits set
@@ -22,25 +41,31 @@ class Recipe:
     epochs: int = 10
     batch_size: int = 64  # per process
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
+    lr: Optional[float] = None  # None = scaled to the global batch size (lr_per_256 x batch / 256)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"  # multistep | cosine | constant
-    milestones: list = field(default_factory=list)  # epochs where multistep divides lr by 1/gamma
+    weight_decay: Optional[float] = None  # None = 5e-4 for small images (<= 64 px), 1e-4 above
+    schedule: str = "cosine"  # cosine (after the warm-up) | multistep | constant
+    milestones: list = field(default_factory=list)  # epochs where multistep multiplies lr by gamma
     gamma: float = 0.1
-    warmup_epochs: int = 0
-    augment: str = "rrc"  # rrc | pad_crop | none
-    hflip: bool = True
+    warmup_epochs: Optional[float] = None  # None = 10 % of the epochs, at most 5 (linear warm-up)
+    augment: str = "auto"  # auto (pad_crop up to 64 px, rrc above) | rrc | pad_crop | none
+    hflip: Optional[bool] = None  # None = flip, except for digits / MNIST
     mode: str = "auto"  # auto (heads if pretrained/weights else joint) | joint | heads
     pretrained: bool = False
+    loss: str = "scan"  # scan (default) | paper (the official code's loss); fills the None loss keys below
     kd: bool = True  # distillation from the deepest exit
     feature_hint: bool = True
     attention: bool = True
-    kd_lambda: float = 0.5
-    temperature: float = 3.0
-    hint_weight: float = 0.03  # on the mean squared error; the paper's 5e-7 * sum at batch 128 x 512 dims
+    kd_lambda: Optional[float] = None  # share of KD in each shallow exit's loss
+    temperature: Optional[float] = None
+    hint_weight: Optional[float] = None  # on the mean squared error; the paper's 5e-7 * sum at batch 128 x 512 dims
+    kd_ramp: Optional[float] = None  # KD weight ramps 0 -> kd_lambda over this fraction of training
+    exit_weights: Optional[list] = None  # loss weight per shallow exit; None = the preset's, for each
+    exit_grad: Optional[float] = None  # share of the shallow exits' gradient that reaches the backbone
+    kd_teacher: Optional[str] = None  # last (the paper: the deepest exit teaches) | ensemble (mean of all exits)
+    last_weight: Optional[float] = None  # loss weight of the deepest exit
     heads: str = "slim"  # slim | paper
-    head_width: Optional[int] = None  # None = min(128, backbone features / 4)
+    head_width: Optional[int] = None  # None = min(128, max(16, backbone features / 4))
     splits: Optional[list] = None  # module paths; None = the backbone's defaults
     val_fraction: float = 0.1
     seed: int = 0
@@ -53,20 +78,117 @@ class Recipe:
         return asdict(self)
 
     def validate(self) -> None:
+        """Usage errors for values that can never work (checked before anything heavy runs)."""
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("multistep", "cosine", "constant"),
-                   "augment": ("rrc", "pad_crop", "none"), "mode": ("auto", "joint", "heads"),
+                   "augment": ("auto", "rrc", "pad_crop", "none"), "mode": ("auto", "joint", "heads"),
                    "heads": ("slim", "paper"), "amp": ("auto", "bf16", "fp16", "off"),
-                   "channels_last": ("auto", "on", "off")}
+                   "channels_last": ("auto", "on", "off"), "loss": tuple(LOSS_PRESETS),
+                   "kd_teacher": (None, "last", "ensemble")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise UsageError(f"recipe value {key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                raise UsageError(f"recipe value {key}={getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
         for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise UsageError(f"{key} must be at least 1")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError("val_fraction must be between 0 and 1")
-        if not 0 <= self.kd_lambda <= 1:
-            raise UsageError("kd_lambda must be between 0 and 1")
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise UsageError(f"{key} must be a whole number of at least 1, got {getattr(self, key)!r}")
+        ranges = {  # key: (low, high, low inclusive, what to give)
+            "lr": (0.0, None, False, "a positive learning rate such as 0.05"),
+            "weight_decay": (0.0, None, True, "0 or a small positive number such as 5e-4"),
+            "momentum": (0.0, 1.0, True, "a number in [0, 1)"),
+            "warmup_epochs": (0.0, None, True, "0 or more epochs"),
+            "val_fraction": (0.0, 1.0, False, "a fraction such as 0.1"),
+            "kd_lambda": (0.0, 1.0, True, "a share in [0, 1]"),
+            "temperature": (0.0, None, False, "a positive temperature such as 3"),
+            "hint_weight": (0.0, None, True, "0 or more"),
+            "kd_ramp": (0.0, 1.0, True, "a fraction of training in [0, 1]"),
+            "exit_grad": (0.0, 1.0, True, "a share in [0, 1]"),
+            "last_weight": (0.0, None, False, "a positive weight such as 1"),
+            "label_smoothing": (0.0, 1.0, True, "a number in [0, 1)"),
+            "gamma": (0.0, None, False, "a positive factor such as 0.1"),
+        }
+        for key, (low, high, inclusive, hint) in ranges.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                value >= low if inclusive else value > low) and (high is None or value <= high)
+            if key in ("momentum", "val_fraction", "label_smoothing") and ok and high is not None:
+                ok = value < high
+            if not ok:
+                raise UsageError(f"{key} = {value!r} is out of range: give {hint}")
+        if self.exit_weights is not None and (not isinstance(self.exit_weights, list) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.exit_weights)):
+            raise UsageError("exit_weights must be a list of non-negative numbers, one per shallow exit")
+        if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 8):
+            raise UsageError(f"img_size = {self.img_size!r}: give a side of at least 8 pixels")
+
+
+def loss_settings(recipe: Recipe, num_shallow: int = 3) -> dict:
+    """The loss keys with the preset filling what the recipe leaves None."""
+    preset = LOSS_PRESETS[recipe.loss]
+    out = {k: (preset[k] if getattr(recipe, k) is None else getattr(recipe, k))
+           for k in ("kd_lambda", "temperature", "hint_weight", "kd_ramp", "exit_grad", "kd_teacher", "last_weight")}
+    out["exit_weights"] = list(recipe.exit_weights) if recipe.exit_weights is not None else [preset["exit_weight"]] * num_shallow
+    return out
+
+
+def is_small_image(img_size: int) -> bool:
+    return int(img_size) <= SMALL_IMAGE
+
+
+def base_lr_per_256(recipe: Recipe, mode: str) -> float:
+    """Learning rate per 256 images of global batch: SGD 0.2 from scratch (the paper's CIFAR
+    0.1 at batch 128), 0.1 for heads on a trained backbone; AdamW 1e-3."""
+    if recipe.optimizer == "adamw":
+        return 1e-3
+    return 0.1 if mode == "heads" else 0.2
+
+
+def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, num_shallow: int = 3) -> Recipe:
+    """Fill every "auto"/None training value from the image size, data, batch size and mode.
+
+    Nothing set by the user (defaults < recipe < flags) is changed."""
+    from dataclasses import replace
+
+    small = is_small_image(img_size)
+    global_batch = recipe.batch_size * max(1, world_size)
+    data = (recipe.data or "digits").strip().lower()
+    changes = dict(img_size=int(img_size), mode=mode)
+    if recipe.lr is None:
+        changes["lr"] = round(base_lr_per_256(recipe, mode) * global_batch / 256, 6)
+    if recipe.weight_decay is None:
+        changes["weight_decay"] = 5e-4 if small else 1e-4
+    auto_warmup = round(min(5.0, 0.1 * recipe.epochs), 3)
+    if recipe.warmup_epochs is None:
+        changes["warmup_epochs"] = auto_warmup if recipe.schedule == "cosine" else 0.0
+    elif recipe.warmup_epochs >= recipe.epochs:  # e.g. a recipe's warm-up with a short --epochs
+        import logging
+
+        logging.getLogger("scan_cli").info(f"warm-up of {recipe.warmup_epochs:g} epochs would fill all {recipe.epochs}: "
+                                           f"shortened to {auto_warmup:g}")
+        changes["warmup_epochs"] = auto_warmup
+    if recipe.augment == "auto":
+        changes["augment"] = "pad_crop" if small else "rrc"
+    if recipe.hflip is None:
+        changes["hflip"] = not any(data == d or data.startswith(d + "-") for d in NO_FLIP_DATA)
+    changes.update({k: v for k, v in loss_settings(recipe, num_shallow).items() if getattr(recipe, k) is None})
+    resolved = replace(recipe, **changes)
+    resolved.validate()
+    return resolved
+
+
+def describe(recipe: Recipe, name: Optional[str]) -> str:
+    """One line with the resolved recipe's key values, for ``fit``'s start."""
+    sched = {"cosine": f"{recipe.warmup_epochs:g} warm-up epoch(s) then cosine",
+             "multistep": f"lr x {recipe.gamma:g} at epochs {', '.join(map(str, recipe.milestones)) or '(none)'}",
+             "constant": "constant lr"}[recipe.schedule]
+    if recipe.schedule != "cosine" and recipe.warmup_epochs:
+        sched = f"{recipe.warmup_epochs:g} warm-up epoch(s), then {sched}"
+    aug = {"pad_crop": "pad-and-crop", "rrc": "random-resized-crop", "none": "no augmentation"}[recipe.augment]
+    kd = (f"KD lambda {recipe.kd_lambda:g} T {recipe.temperature:g}" + (f" ramped over {recipe.kd_ramp:.0%}" if recipe.kd_ramp else "")
+          if recipe.kd else "no KD")
+    return (f"recipe {name or 'defaults'}: {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} "
+            f"wd {recipe.weight_decay:g}, {sched}; {aug} at {recipe.img_size} px{', flip' if recipe.hflip else ', no flip'}; "
+            f"mode {recipe.mode}; loss {recipe.loss} ({kd}, exit grad {recipe.exit_grad:g})")
 
 
 FIELDS = {f.name for f in fields(Recipe)}

@@ -34,26 +34,40 @@ def new_run_dir(backbone_id: str, root: Optional[Path] = None) -> Path:
     return path
 
 
-def mark_latest(run_dir: Path) -> None:
-    """Point <root>/latest at run_dir (atomically replace the link)."""
-    run_dir = Path(run_dir)
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.tmp-{os.getpid()}"
+def latest_link(root: Optional[Path] = None) -> Path:
+    return (Path(root) if root else runs_root()) / "latest"
+
+
+def mark_latest(run_dir: Path, root: Optional[Path] = None) -> None:
+    """Point ``<runs root>/latest`` at ``run_dir``, wherever the run lives (``--out`` included).
+
+    The link is replaced atomically; it is relative when the run is inside the root, absolute
+    otherwise, and never points at itself (``run_dir`` is resolved first)."""
+    link = latest_link(root)
+    target = Path(run_dir).resolve()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if target == link.absolute() or target == link.resolve():
+        return  # already the latest run (e.g. --resume runs/latest)
+    parent = link.parent.resolve()
+    value = target.name if target.parent == parent else str(target)
+    tmp = link.parent / f".latest.tmp-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(run_dir.name, tmp)
+    os.symlink(value, tmp)
     os.replace(tmp, link)
 
 
 def resolve_run(run: Optional[str]) -> Path:
     """The run folder for --run (a folder or its model file), or the latest run."""
     if run is None:
-        latest = runs_root() / "latest"
+        latest = latest_link()
         if not latest.exists():
+            if latest.is_symlink():
+                raise ScanError(f"{latest} points to {os.readlink(latest)}, which is gone: pass --run DIR")
             raise ScanError(f"no run found at {latest}: run 'scan fit' first or pass --run DIR")
         path = latest.resolve()
     else:
-        path = Path(run)
+        path = Path(run).resolve()
         if path.is_file():
             path = path.parent
     if not (path / MODEL_FILE).is_file():

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .data.loader import loader_length
 from .errors import ScanError
-from .recipes import Recipe
+from .recipes import Recipe, loss_settings
 from .runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
 
 log = logging.getLogger("scan_cli")
@@ -27,33 +28,57 @@ log = logging.getLogger("scan_cli")
 # ---------------------------------------------------------------------------------------------
 # loss
 # ---------------------------------------------------------------------------------------------
-def scan_loss(logits, features, labels, recipe: Recipe):
-    """L = CE(z_K) + sum_{i<K} [(1-l) CE(z_i) + l T^2 KL_T(z_K || z_i)] + w sum_{i<K} mse(f_i, f_K).
+def kd_weight(recipe: Recipe, progress: float) -> float:
+    """lambda at ``progress`` (fraction of training done): ramped up linearly over the first
+    ``kd_ramp`` of training, while the deepest exit is still a weak teacher."""
+    if not recipe.kd:
+        return 0.0
+    settings = loss_settings(recipe)
+    lam, ramp = settings["kd_lambda"], settings["kd_ramp"]
+    return lam * min(1.0, max(0.0, progress) / ramp) if ramp > 0 else lam
 
-    The deepest logits and features are detached (teacher). The feature hint is a mean squared
-    error, so it does not grow with the batch size as the paper's summed version does."""
+
+def scan_loss(logits, features, labels, recipe: Recipe, progress: float = 1.0):
+    """L = w_K CE(z_K) + sum_{i<K} w_i [(1-l) CE(z_i) + l T^2 KL_T(t || z_i)] + h sum_{i<K} mse(f_i, f_K).
+
+    The teacher ``t`` is detached: the deepest exit's logits (the paper), or with
+    ``kd_teacher = "ensemble"`` the mean of every exit's logits, which then also teaches the
+    deepest exit (its term becomes (1-l) CE + l T^2 KL too). ``l`` is ``kd_weight`` at ``progress``,
+    ``w_i`` the exit weights and ``w_K`` ``last_weight``, ``h`` the hint weight (values the recipe
+    leaves unset come from the loss preset, ``recipes.loss_settings``). The feature hint is a mean
+    squared error, so it does not grow with the batch size as the paper's summed version does."""
+    import torch
     import torch.nn.functional as F
 
+    settings = loss_settings(recipe, len(logits) - 1)
     ce = lambda z: F.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)  # noqa: E731
-    deepest = logits[-1]
-    total = ce(deepest)
-    parts = {"ce_last": float(total.detach())}
-    teacher = deepest.detach()
-    lam = recipe.kd_lambda if recipe.kd else 0.0
-    T = recipe.temperature
-    for z in logits[:-1]:
-        total = total + (1 - lam) * ce(z)
+    lam = kd_weight(recipe, progress)
+    T = settings["temperature"]
+    ensemble = settings["kd_teacher"] == "ensemble"
+    teacher = (torch.stack(logits).mean(0) if ensemble else logits[-1]).detach()
+
+    def term(z):
+        out = (1 - lam) * ce(z)
         if lam > 0:
             # KL rather than the paper's soft cross-entropy: same gradient, without the teacher's
             # entropy as a constant offset in the reported loss
             kd = F.kl_div(F.log_softmax(z / T, dim=-1), F.log_softmax(teacher / T, dim=-1),
                           reduction="batchmean", log_target=True)
-            total = total + lam * T * T * kd
-    if recipe.feature_hint and features is not None and recipe.hint_weight > 0:
+            out = out + lam * T * T * kd
+        return out
+
+    last = ce(logits[-1])
+    parts = {"ce_last": float(last.detach())}
+    total = settings["last_weight"] * (term(logits[-1]) if ensemble else last)
+    for w, z in zip(settings["exit_weights"], logits[:-1]):
+        total = total + w * term(z)
+    if recipe.feature_hint and features is not None and settings["hint_weight"] > 0:
         target = features[-1].detach()
         for f in features[:-1]:
-            if f.shape == target.shape:
-                total = total + recipe.hint_weight * F.mse_loss(f, target)
+            if f.shape != target.shape:
+                raise ScanError(f"feature hint: an exit head gives {tuple(f.shape[1:])} features, the last exit "
+                                f"{tuple(target.shape[1:])}: set feature_hint = false in the recipe (--no-hint)")
+            total = total + settings["hint_weight"] * F.mse_loss(f, target)
     return total, parts
 
 
@@ -103,11 +128,12 @@ def pick_device(requested: Optional[str], dist_info: DistInfo):
 def lr_at(recipe: Recipe, epoch: int, step_fraction: float = 0.0) -> float:
     """Learning rate for (fractional) epoch; a pure function, so resume needs no scheduler state."""
     e = epoch + step_fraction
-    if recipe.warmup_epochs and e < recipe.warmup_epochs:
-        return recipe.lr * max(e, 1e-3) / recipe.warmup_epochs
+    warmup = recipe.warmup_epochs or 0.0
+    if warmup and e < warmup:
+        return recipe.lr * max(e, 1e-3) / warmup
     if recipe.schedule == "cosine":
-        span = max(1e-9, recipe.epochs - recipe.warmup_epochs)
-        return 0.5 * recipe.lr * (1 + math.cos(math.pi * (e - recipe.warmup_epochs) / span))
+        span = max(1e-9, recipe.epochs - warmup)
+        return 0.5 * recipe.lr * (1 + math.cos(math.pi * (e - warmup) / span))
     if recipe.schedule == "multistep":
         return recipe.lr * recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
     return recipe.lr
@@ -117,56 +143,6 @@ def resolve_mode(recipe: Recipe, has_weights: bool) -> str:
     if recipe.mode != "auto":
         return recipe.mode
     return "heads" if (recipe.pretrained or has_weights) else "joint"
-
-
-def load_backbone_weights(backbone, path: Path) -> list[str]:
-    """Load a local safetensors or .pth/.pt file into the backbone's network (never unpickling).
-
-    A classifier whose class count differs is left freshly initialised (returned as skipped)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ScanError(f"--weights {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-    except Exception as exc:
-        raise ScanError(f"--weights {path} cannot be read safely ({str(exc).splitlines()[0]}): "
-                        "give a safetensors file or a plain state_dict saved with torch.save") from None
-    target = getattr(backbone, "model", backbone)
-    own = target.state_dict()
-    # accept weights saved from a SCAN artifact (backbone.model.*) as well as plain timm ones
-    for prefix in ("backbone.model.", "model.", "module."):
-        if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    unknown = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state]
-    if len(unknown) > len(own) // 2 or len(missing) > len(own) // 2:
-        raise ScanError(f"--weights {path} does not fit this backbone ({len(missing)} tensors missing, "
-                        f"{len(unknown)} unknown): pass weights saved from the same architecture")
-    classifier_shapes_only = all(k in _classifier_keys(backbone, target) for k in skipped)
-    if skipped and not classifier_shapes_only:
-        raise ScanError(f"--weights {path} has tensors of other shapes than this backbone ({skipped[0]}): "
-                        "pass weights saved from the same architecture")
-    target.load_state_dict({k: v for k, v in state.items() if k in own and k not in skipped}, strict=False)
-    return skipped
-
-
-def _classifier_keys(backbone, target) -> set[str]:
-    try:
-        clf = backbone.classifier()
-    except Exception:
-        return set()
-    names = {id(p): n for n, p in target.named_parameters()}
-    return {names[id(p)] for p in clf.parameters() if id(p) in names}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +187,7 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list, dict]:
 
 
 def read_checkpoint_recipe(run_dir: Path) -> tuple[Recipe, dict]:
+    """The resolved recipe a run was trained with, and its extra metadata (backbone, recipe name)."""
     from safetensors import safe_open
 
     path = Path(run_dir) / CHECKPOINT_FILE
@@ -232,6 +209,37 @@ def exit_accuracies(logits, labels) -> dict:
     return {"exits": per_exit, "ensemble": ensemble, "n": int(labels.numel())}
 
 
+def exits_beating_last(logits, labels, z: float = 2.0) -> list[dict]:
+    """Shallow exits more accurate than the last one by more than noise: a paired sign test on the
+    images where exactly one of the two is right (b: only exit k, c: only the last), flagged when
+    b - c > z * sqrt(b + c)."""
+    preds = logits.argmax(-1)
+    right = preds == labels[:, None]
+    last = right[:, -1]
+    out = []
+    for k in range(logits.shape[1] - 1):
+        b = int((right[:, k] & ~last).sum())
+        c = int((~right[:, k] & last).sum())
+        if b + c and b - c > z * math.sqrt(b + c):
+            out.append({"exit": k + 1, "accuracy": float(right[:, k].float().mean()),
+                        "last_accuracy": float(last.float().mean()), "only_this": b, "only_last": c})
+    return out
+
+
+def exit_order_warning(logits, labels, split: str = "validation") -> Optional[str]:
+    """One line for people when an earlier exit beats the last one beyond noise, else None."""
+    found = exits_beating_last(logits, labels)
+    if not found:
+        return None
+    K = logits.shape[1]
+    best = max(found, key=lambda f: f["accuracy"])
+    return (f"exit {best['exit']}/{K} is more accurate than the last exit on {split} data "
+            f"({100 * best['accuracy']:.1f} % vs {100 * best['last_accuracy']:.1f} %; {best['only_this']} images only it "
+            f"gets right, {best['only_last']} only the last): --max-drop is measured against the last exit, so it "
+            "promises little here. Try more --epochs, the default loss (--loss scan), or training on a trained "
+            "backbone (--weights FILE --mode heads)")
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +251,7 @@ class FitOptions:
     out: Optional[Path] = None
     resume: Optional[Path] = None
     weights: Optional[Path] = None
+    ema: bool = False  # --weights: take the EMA copy of a training checkpoint
     device: Optional[str] = None
     image_column: Optional[str] = None
     label_column: Optional[str] = None
@@ -258,9 +267,10 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     from . import artifact
     from .data import load_data, make_loader
-    from .inference import collect_exit_outputs
+    from .exit_outputs import collect_exit_outputs
     from .model import HeadConfig
-    from .progress import make_progress
+    from .progress import StepClock, make_progress
+    from .recipes import available, describe, resolve
     from .registry import default_registry
     from .runs import mark_latest
 
@@ -270,13 +280,17 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     device = pick_device(opts.device, dist_info)
     torch.manual_seed(recipe.seed)
 
+    if opts.resume:
+        _check_resumable(Path(opts.resume), recipe)
     registry = default_registry()
-    spec = registry.get(opts.backbone)
+    spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)
 
     # data first: bad data must fail before anything is written
     data_config = _data_config(spec, recipe)
     img_size = int(data_config["input_size"][-1])
+    num_shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
+    recipe = resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
     splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
                        val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=opts.image_column,
                        label_column=opts.label_column, streaming=opts.streaming, hflip=recipe.hflip)
@@ -290,7 +304,9 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     # the last exit's classifier learns unless it came pretrained for this very class count
     new_classifier = not recipe.pretrained or _pretrained_classes(spec.id) != len(classes)
     if opts.weights:
-        skipped = load_backbone_weights(model.backbone, opts.weights)
+        from .weights import load_backbone_weights
+
+        skipped = load_backbone_weights(model.backbone, opts.weights, ema=opts.ema)
         new_classifier = bool(skipped)
         if skipped:
             log.warning(f"--weights: classifier has another class count; trained anew for {len(classes)} classes")
@@ -311,7 +327,16 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     start_epoch, history = 0, []
     if opts.resume:
         start_epoch, history, _ = load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
-        log.info(f"resuming {run_dir} after epoch {start_epoch}")
+        log.info(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
+    elif dist_info.is_main:
+        log.info(f"run {run_dir}")
+    if dist_info.is_main:
+        log.info(describe(recipe, opts.recipe_name))
+        if opts.recipe_name is None and not opts.resume:
+            log.info(f"hint: shipped recipes ({', '.join(sorted(available()))}) set everything at once: --recipe NAME")
+        sizes = ", ".join(f"{k} {'streamed' if v is None else v}" for k, v in splits.split_sizes.items())
+        log.info(f"device {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else "") +
+                 f"; {len(classes)} classes; {sizes} images")
 
     train_model = model
     if dist_info.enabled:
@@ -331,32 +356,44 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     try:
         with make_progress(transient=False) as progress:
             epoch_task = progress.add_task("epochs", total=recipe.epochs, completed=start_epoch, status="")
+            steps_per_epoch = loader_length(make_loader(splits.train, batch_size=recipe.batch_size, shuffle=False,
+                                               distributed=dist_info.enabled, drop_last=True, **loader_kw))
+            clock = StepClock(steps_per_epoch * recipe.epochs if steps_per_epoch else None,
+                              done_steps=(steps_per_epoch or 0) * start_epoch, log=None if dist_info.is_main else False)
             for epoch in range(start_epoch, recipe.epochs):
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
                                      distributed=dist_info.enabled, drop_last=True, **loader_kw)
                 stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
-                                     scaler, mode, channels_last, progress)
+                                     scaler, mode, channels_last, progress, clock, epoch_task)
                 if dist_info.is_main:
                     logits, labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
                     val = exit_accuracies(logits, labels)
                     history.append({"epoch": epoch + 1, **stats, "val": val})
                     save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch + 1, recipe, history,
-                                    {"backbone": spec.id, "recipe_name": opts.recipe_name})
+                                    {"backbone": spec.id, "recipe_name": opts.recipe_name, **_provenance(registry, spec)})
                     accs = "  ".join(f"{a:.3f}" for a in val["exits"])
                     progress.console.print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
                                            f"{stats['images_per_s']:.0f} img/s  val acc per exit {accs}  "
                                            f"ensemble {val['ensemble']:.3f}", highlight=False)
                     if on_epoch:
                         on_epoch(epoch + 1, history)
-                progress.update(epoch_task, advance=1)
+                progress.update(epoch_task, completed=epoch + 1)
                 if dist_info.enabled:
                     import torch.distributed as dist
 
                     dist.barrier()
-    except BaseException:
-        if created and dist_info.is_main and not (run_dir / CHECKPOINT_FILE).exists():
+    except BaseException as exc:
+        kept = (run_dir / CHECKPOINT_FILE).exists()
+        if created and dist_info.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
+        if isinstance(exc, KeyboardInterrupt) and dist_info.is_main:
+            from .errors import Interrupted
+
+            if kept:
+                raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)}: continue "
+                                  f"with 'scan fit --resume {run_dir}'") from None
+            raise Interrupted("interrupted before the first epoch ended: nothing was kept") from None
         raise
 
     if not dist_info.is_main:
@@ -364,6 +401,10 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     # final artifact, metrics on validation and (if any) test
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
+    warning = exit_order_warning(val_logits, val_labels)
+    if warning:
+        log.warning(warning)
+        summary["warnings"] = [warning]
     if splits.test is not None:
         test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)
         t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
@@ -378,6 +419,24 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     mark_latest(run_dir)
     summary["model"] = str(run_dir / MODEL_FILE)
     return summary
+
+
+def _backbone_spec(registry, opts: FitOptions):
+    """The backbone; on --resume a missing one names the provider package the run was trained with."""
+    if not opts.resume:
+        return registry.get(opts.backbone)
+    _, extra = read_checkpoint_recipe(opts.resume)
+    return registry.require(opts.backbone, provider=extra.get("provider", ""), distribution=extra.get("distribution", ""),
+                            version=extra.get("version", ""), needed_by=f"the run in {opts.resume}")
+
+
+def _provenance(registry, spec) -> dict:
+    """Which provider package gave the backbone, for the checkpoint (so --resume can name it)."""
+    try:
+        status = registry.provider_of(spec)
+    except KeyError:
+        return {"provider": spec.provider}
+    return {"provider": spec.provider, "distribution": status.distribution, "version": status.version}
 
 
 def _data_config(spec, recipe: Recipe) -> dict:
@@ -426,6 +485,8 @@ def _check_hub_reachable(model_id: str) -> None:
             from huggingface_hub import try_to_load_from_cache
 
             cfg = timm.models.get_pretrained_cfg(model_id)
+            if cfg is None:  # not a timm id: its provider builds it and gives its own error (issue 12)
+                return
             hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
             cached = hub_id and any(
                 isinstance(try_to_load_from_cache(hub_id.split("@")[0], f), str)
@@ -457,11 +518,32 @@ def _amp_dtype(amp: str, device):
     return torch.float16
 
 
+def checkpoint_epoch(run_dir: Path) -> int:
+    """Epochs done according to the run's checkpoint (its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(run_dir) / CHECKPOINT_FILE), framework="pt") as f:
+        return int(f.metadata()["epoch"])
+
+
+def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
+    """A finished run is left untouched; extending one drops its calibration (new weights)."""
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
+    done = checkpoint_epoch(run_dir)
+    if done >= recipe.epochs:
+        raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
+                        f"to train it longer, pass --epochs N with N > {done}")
+    if (run_dir / MODEL_FILE).is_file():
+        log.warning(f"{run_dir} is extended from {done} to {recipe.epochs} epochs: its model and any calibration "
+                    "are replaced at the end (run 'scan calibrate' again)")
+
+
 def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) -> tuple[Path, bool]:
     from .runs import new_run_dir
 
     if opts.resume:
-        return Path(opts.resume), False
+        return Path(opts.resume).resolve(), False
     run_dir = Path(opts.out) if opts.out else new_run_dir(backbone_id)
     created = not run_dir.exists()
     if dist_info.is_main:
@@ -472,24 +554,30 @@ def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) ->
 
 
 def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype, scaler, mode,
-                 channels_last, progress) -> dict:
+                 channels_last, progress, clock=None, epoch_task=None) -> dict:
     model.train()
     if mode == "heads":
         model.backbone.eval()  # frozen backbone: BN statistics stay fixed
-    steps = _len(loader)
+    steps = loader_length(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     # DDP: streamed shards can leave ranks with unequal batch counts; join() keeps them in step
     uneven = train_model.join() if hasattr(train_model, "join") else contextlib.nullcontext()
     with uneven:
         for step, (images, labels) in enumerate(loader):
-            lr = lr_at(recipe, epoch, step / steps if steps else 0.0)
+            frac = step / steps if steps else 0.0
+            lr = lr_at(recipe, epoch, frac)
             loss = _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler,
-                               channels_last)
+                               channels_last, progress=(epoch + frac) / recipe.epochs)
             seen += images.shape[0]
             loss_sum += float(loss) * images.shape[0]
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            progress.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}")
+            status = f"loss {loss_sum / seen:.4f}  {rate:.0f} img/s  lr {lr:.4f}"
+            progress.update(task, advance=1, status=status)
+            if epoch_task is not None and steps:  # fractional epochs, so the run's ETA is known from the first steps
+                progress.update(epoch_task, completed=epoch + (step + 1) / steps)
+            if clock is not None:
+                clock.tick(f"epoch {epoch + 1}/{recipe.epochs} step {step + 1}/{steps or '?'}  {status}")
     progress.remove_task(task)
     elapsed = time.perf_counter() - t0
     if seen == 0:
@@ -497,7 +585,8 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
     return {"loss": loss_sum / seen, "images": seen, "seconds": elapsed, "images_per_s": seen / elapsed}
 
 
-def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler, channels_last):
+def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler, channels_last,
+                progress: float = 1.0):
     """One optimiser step; returns the (detached) loss."""
     import torch
 
@@ -508,8 +597,8 @@ def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_
         images = images.contiguous(memory_format=torch.channels_last)
     labels = labels.to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits, features = train_model(images, return_features=True)
-        loss, _ = scan_loss([z.float() for z in logits], [f.float() for f in features], labels, recipe)
+        logits, features = train_model(images, return_features=True, exit_grad_scale=recipe.exit_grad)
+        loss, _ = scan_loss([z.float() for z in logits], [f.float() for f in features], labels, recipe, progress)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -520,9 +609,3 @@ def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_
         optimizer.step()
     return loss.detach()
 
-
-def _len(loader):
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -13,6 +13,18 @@ def _runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("SCAN_RUNS_DIR", str(tmp_path / "runs"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a whole test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): tiny convolutions and batch-1 forwards on a shared
+    2-core machine run many times faster on one thread than on two OpenMP threads spinning against
+    other processes, and are immune to busy neighbours. The previous count is restored after."""
+    from scan_cli.devices import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `scan ARGS` in-process; returns (exit_code, stdout, stderr)."""
@@ -60,3 +72,24 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out))
     return out
+
+
+@pytest.fixture
+def scan_log():
+    """Messages the scan_cli logger emits during the test (warnings included), as strings."""
+    import logging
+
+    records = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("scan_cli")
+    handler = _Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)

@@ -69,36 +69,34 @@ def test_tampered_file_is_refused(saved):
         artifact.load(path)
 
 
-def test_wrong_format_version_names_the_fix(saved):
+def rewrite_metadata(path, **changes):
+    """Save the artifact at ``path`` again with some metadata keys replaced (tensors unchanged)."""
     from safetensors.torch import load_file, save_file
 
-    _, path = saved
-    info = artifact.read_info(path)
-    meta = info.to_metadata() | {"format_version": "99"}
+    meta = artifact.read_info(path).to_metadata() | changes
     save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+def test_wrong_format_version_names_the_fix(saved):
+    _, path = saved
+    rewrite_metadata(path, format_version="99")
     with pytest.raises(ScanError, match="format 99"):
         artifact.load(path)
 
 
 def test_mismatched_backbone_is_refused(saved):
-    from safetensors.torch import load_file, save_file
-
     _, path = saved
-    meta = artifact.read_info(path).to_metadata()
-    meta["backbone"] = json.dumps(json.loads(meta["backbone"]) | {"id": "test_efficientnet"})
-    save_file(load_file(str(path)), str(path), metadata=meta)
-    with pytest.raises(ScanError, match="does not match|channels"):
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"id": "test_efficientnet"}))
+    with pytest.raises(ScanError, match="does not match|channels|no longer offers"):
         artifact.load(path)
 
 
 def test_unknown_backbone_names_the_package(saved):
-    from safetensors.torch import load_file, save_file
-
     _, path = saved
-    meta = artifact.read_info(path).to_metadata()
-    meta["backbone"] = json.dumps({"id": "mystery_net", "provider": "foo", "distribution": "scan-foo", "version": "1.0"})
-    save_file(load_file(str(path)), str(path), metadata=meta)
-    with pytest.raises(ScanError, match="pip install scan-foo"):
+    rewrite_metadata(path, backbone=json.dumps({"id": "mystery_net", "provider": "foo", "distribution": "scan-foo",
+                                                "version": "1.0"}))
+    with pytest.raises(ScanError, match=r"pip install 'scan-foo==1\.0'"):
         artifact.load(path)
 
 
@@ -109,3 +107,67 @@ def test_not_a_scan_file(tmp_path):
     save_file({"w": torch.zeros(1)}, str(p))
     with pytest.raises(ScanError, match="not a scan model"):
         artifact.read_info(p)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"checkpoint_path": "/tmp/evil.pth"},
+    {"pretrained_cfg_overlay": {"file": "/tmp/evil.pth"}, "pretrained": True},
+    {"num_classes": 5, "features_only": True},
+])
+def test_build_kwargs_in_metadata_never_reach_the_model_builder(saved, monkeypatch, scan_log, kwargs):
+    """Issue 11 item 8: a model file must not choose what code or files get loaded."""
+    import timm
+
+    _, path = saved
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"build_kwargs": kwargs}))
+    calls = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    model, info = artifact.load(path)
+    assert calls and all(set(kw) <= {"num_classes", "pretrained"} for kw in calls), calls
+    assert all(kw.get("pretrained") is False for kw in calls)
+    assert not hasattr(info, "build_kwargs") or not info.build_kwargs
+    assert any("build_kwargs" in m and "ignored" in m for m in scan_log)
+
+
+def test_saved_metadata_has_no_build_kwargs(saved):
+    from safetensors import safe_open
+
+    _, path = saved
+    with safe_open(str(path), "pt") as f:
+        assert "build_kwargs" not in json.loads(f.metadata()["backbone"])
+
+
+@pytest.mark.parametrize("head, needle", [
+    ({"width": None, "attention": True, "attention_reduction": 8, "activation": "gelu"}, "'activation'"),
+    ({"width": "128", "attention": True, "attention_reduction": 8}, "width"),
+    ({"width": None, "attention": True, "attention_reduction": 0}, "attention_reduction"),
+    ({"width": None, "attention": "yes", "attention_reduction": 8}, "attention"),
+    ([1, 2], "head"),
+])
+def test_bad_head_settings_are_a_one_line_error(saved, head, needle):
+    _, path = saved
+    rewrite_metadata(path, head=json.dumps(head))
+    with pytest.raises(ScanError) as exc:
+        artifact.load(path)
+    msg = str(exc.value)
+    assert needle in msg and "\n" not in msg and str(path) in msg and ("retrain" in msg or "scan fit" in msg)
+
+
+def test_ignored_build_kwargs_are_reported_once(saved, scan_log):
+    _, path = saved
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"build_kwargs": {"checkpoint_path": "x.pth"}}))
+    artifact.read_info(path)
+    artifact.load(path)
+    assert len([m for m in scan_log if "build_kwargs" in m]) == 1
+
+
+def test_a_backbone_now_given_by_another_provider_is_said(saved, scan_log):
+    _, path = saved
+    backbone = json.loads(artifact.read_info(path).to_metadata()["backbone"])
+    rewrite_metadata(path, backbone=json.dumps(backbone | {"provider": "oldplug", "distribution": "scan-oldplug",
+                                                           "version": "0.9"}))
+    artifact.load(path)
+    assert any("'oldplug'" in m and "scan-oldplug" in m and "now comes from provider 'timm'" in m for m in scan_log)

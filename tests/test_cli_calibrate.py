@@ -30,7 +30,7 @@ def test_calibrate_json_and_artifact(run, run_cli):
 
 def test_second_calibration_uses_the_cache(run, run_cli, monkeypatch):
     assert run_cli("calibrate", "--run", str(run), "--max-drop", "0.0")[0] == 0
-    import scan_cli.inference as inference
+    import scan_cli.exit_outputs as inference
 
     def boom(*a, **k):
         raise AssertionError("validation outputs recomputed")

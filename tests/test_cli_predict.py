@@ -22,12 +22,7 @@ from test_prediction import (  # noqa: E402
 NEVER = "none,none,none"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs on a shared 2-core machine (see test_prediction.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +243,7 @@ def test_target_acc_override(run_cli, run, images, monkeypatch):
         seen.append((Path(run_dir), kw))
         return {"thresholds": [None, None, 0.0, None], "score": "max_softmax", "fallback": "last"}
 
-    monkeypatch.setitem(sys.modules, "scan_cli.calibrating", types.SimpleNamespace(calibrate_run=calibrate_run))
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     code, doc, err = predict_json(run_cli, images, "--run", run, "--target-acc", "0.97")
     assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False})]
     assert {p["exit"] for p in doc["predictions"]} == {3}

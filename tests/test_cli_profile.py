@@ -7,12 +7,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _run(run_cli, *args):
@@ -48,7 +43,7 @@ def make_run(tmp_path):
     return make
 
 
-CALIBRATION = {"thresholds": [0.0, None, None, None], "exit_shares": [0.4, 0.3, 0.2, 0.1],
+CALIBRATION = {"thresholds": [0.5, 0.6, 0.7, None], "exit_shares": [0.4, 0.3, 0.2, 0.1],  # every exit on
                "score": "max_softmax", "fallback": "last"}
 
 
@@ -58,7 +53,7 @@ def test_bare_backbone_json_schema(run_cli):
     doc = json.loads(out)  # stdout is exactly one JSON document
     assert "counting MACs" in err and "counting MACs" not in out
     assert doc["units"] == "MACs" and doc["input_size"] == 64 and doc["batch_size"] == 1
-    assert doc["source"] == {"backbone": "test_resnet", "heads": "slim"}
+    assert doc["source"] == {"backbone": "test_resnet", "provider": "timm", "heads": "slim"}
     assert isinstance(doc["backbone_macs"], int) and doc["backbone_macs"] > 0
     assert doc["uncounted_ops"] == {}
     assert doc["not_counted_elementwise"]["aten::relu_"] > 0
@@ -133,8 +128,12 @@ def test_latency_smoke_schema(run_cli):
         assert {"p50_ms", "p95_ms", "n", "per_image_ms", "batch_size"} <= set(e["latency_ms"]["2"])
 
 
+ALL_AT_EXIT_1 = {"thresholds": [0.0, None, None, None], "exit_shares": [1.0, 0.0, 0.0, 0.0],
+                 "score": "max_softmax", "fallback": "last"}
+
+
 def test_cascade_smoke_on_validation_images(run_cli, make_run):
-    run = make_run(calibration=CALIBRATION)
+    run = make_run(calibration=ALL_AT_EXIT_1)
     code, out, err = _run(run_cli, "--run", str(run), "--json", "--iters", "1", "--warmup", "0",
                           "--batch-size", "8", "--cascade-images", "12", "--threads", "1")
     assert code == 0, err

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from scan_cli import data as D
+from scan_cli.data import hf as data_hf
+from scan_cli.data import hub as data_hub
 from scan_cli.data import (
     DATASET_ALIASES,
     DIGITS_SIZES,
@@ -386,9 +388,9 @@ def test_detect_columns_by_name_without_feature_types():
     import datasets
 
     feats = {"pixel_values": datasets.Value("binary"), "target": datasets.Value("int64"), "other": datasets.Value("int64")}
-    assert D._detect_columns(feats, list(feats), None, None) == ("pixel_values", "target")
+    assert data_hf._detect_columns(feats, list(feats), None, None) == ("pixel_values", "target")
     with pytest.raises(ScanError, match="--image-column"):
-        D._detect_columns({"a": None, "label": None}, ["a", "label"], None, None)
+        data_hf._detect_columns({"a": None, "label": None}, ["a", "label"], None, None)
 
 
 def test_streamed_parquet_holds_out_validation_by_content_hash(tmp_path, hf_cache):
@@ -456,7 +458,7 @@ def test_unreachable_hub_fails_fast_and_restores_online_mode(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(D, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data_hub, "_hub_reachable", lambda timeout=3.0: False)
     t = time.monotonic()
     with pytest.raises(ScanError, match="not available offline"):
         load_data("uoft-cs/cifar10", streaming=True)
@@ -528,3 +530,31 @@ def test_default_num_workers():
 # pinned head / sum of the digits test rows (see test_digits_split_is_stable_and_ignores_seed)
 TEST_HEAD = [0, 4, 20, 25, 33]
 TEST_SUM = 340178
+
+
+# --------------------------------------------------------------------------- a run's data again
+
+
+def test_every_command_rebuilds_the_validation_set_fit_held_out(tmp_path):
+    """calibrate/evaluate (run_split) and profile (validation_batches) go through one function and
+    get exactly the images load_data held out at fit time, from the artifact's recipe or recipe.json."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from scan_cli.data import run_split, validation_batches
+
+    make_class_tree(tmp_path / "d", ["a", "b", "c"], 10)
+    recipe = {"data": str(tmp_path / "d"), "val_fraction": 0.3, "seed": 5}
+    fit = load_data(recipe["data"], data_config=HALF, train_transform="none", val_fraction=0.3, seed=5)
+    want = torch.stack([x for x, _ in all_items(fit.val)])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    for stored in (recipe, None):  # the artifact's own recipe, else recipe.json
+        info = SimpleNamespace(recipe=stored, data_config=HALF, input_size=16, classes=["a", "b", "c"])
+        val, _ = run_split(run, info, "val")
+        assert torch.equal(torch.stack([x for x, _ in all_items(val)]), want)
+        batches, reason = validation_batches(run, info, batch_size=4)
+        assert reason is None and torch.equal(torch.cat(batches), want)

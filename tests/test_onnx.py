@@ -202,7 +202,7 @@ def test_every_exported_exit_matches_pytorch(case):
 def test_labels_and_exits_equal_the_torch_engine(case):
     from scan_cli.data import eval_transform
     from scan_cli.onnx_engine import predict_paths as ort_predict
-    from scan_cli.prediction import ExitPolicy, predict_paths
+    from scan_cli.predict_files import ExitPolicy, predict_paths
 
     policy = ExitPolicy(list(case.thresholds), case.score, case.fallback, source="test")
     transform = eval_transform(case.info.data_config, case.info.input_size)
@@ -436,16 +436,25 @@ def test_end_to_end_on_a_trained_run(run_cli, trained_run, tmp_path):
         assert doc["errors"] == ref["errors"] and doc["summary"]["policy"] == ref["summary"]["policy"]
         assert doc["summary"]["engine"] == "onnxruntime" and set(ref["summary"]) <= set(doc["summary"])
     assert ref["summary"]["engine"] == "torch"
-    # the run's own export keeps every head: it costs exactly what the torch engine counts
-    assert [p["macs"] for p in results["run"]["predictions"]] == [p["macs"] for p in ref["predictions"]]
+    # both exports hold exactly the heads of the exits that can fire, so they cost what torch counts
+    for name in ("export", "run"):
+        assert [p["macs"] for p in results[name]["predictions"]] == [p["macs"] for p in ref["predictions"]]
+    from scan_cli.onnx_engine import heads_for
+
+    policy = ref["summary"]["policy"]
     cached = list((run / "cache").glob("onnx-*/manifest.json"))
-    assert len(cached) == 1 and all(p["logits"] for p in json.loads(cached[0].read_text())["pieces"])
+    assert len(cached) == 1
+    assert [p["logits"] is not None for p in json.loads(cached[0].read_text())["pieces"][:-1]] == \
+        heads_for(policy["thresholds"], policy["fallback"], 4) == \
+        [p["logits"] is not None for p in manifest["pieces"][:-1]]
+    # other thresholds: the run exports the heads they need once more; the export folder refuses
+    code, out, _ = run_cli(*args, "--run", str(run), "--engine", "onnxruntime", "--thresholds", "0.99,0.99,0.99")
+    assert code == 3 and json.loads(out)["summary"]["policy"]["thresholds"] == [0.99, 0.99, 0.99]
+    assert len(list((run / "cache").glob("onnx-*-111/manifest.json"))) == 1
     # the README's loop, with neither scan nor torch importable, answers the same
     good = [Path(p["path"]) for p in ref["predictions"]]
     assert run_readme_loop(tmp_path, tmp_path / "deploy", good) == answers
-    # other thresholds need the heads the export left out
-    headless = [p["exit"] for p in manifest["pieces"] if p["logits"] is None]
-    if headless:
+    if not all(p["logits"] for p in manifest["pieces"]):
         code, _, err = run_cli(*args, "--run", str(tmp_path / "deploy"), "--thresholds", "0.5,0.5,0.5")
         assert code == 1 and "--all-exits" in err and err.count("\n") == 1
 

@@ -1,4 +1,4 @@
-"""scan_cli.prediction: thresholds, real early exit on files, equivalence with the plain backbone and
+"""scan_cli.predict_files: thresholds, real early exit on files, equivalence with the plain backbone and
 with the cascade simulation, bad files.
 
 The model is an untrained test_resnet whose weights and BN statistics are scrambled so that its
@@ -160,14 +160,7 @@ def spread_thresholds(logits, score="max_softmax"):
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine: one intra-op thread is many times faster than
-    two OpenMP threads spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +187,7 @@ BACKBONE_MACS = 40.0
 
 
 def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **kw):
-    from scan_cli.prediction import ExitPolicy, predict_paths
+    from scan_cli.predict_files import ExitPolicy, predict_paths
 
     model, info, transform = loaded
     policy = ExitPolicy(list(thresholds), score, fallback, source="test")
@@ -205,7 +198,7 @@ def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **
 
 # -- thresholds ---------------------------------------------------------------------------------------
 def test_parse_thresholds():
-    from scan_cli.prediction import parse_thresholds
+    from scan_cli.predict_files import parse_thresholds
 
     assert parse_thresholds("0.9,0.8,0.95", 4) == [0.9, 0.8, 0.95]
     assert parse_thresholds("none, inf ,0.5", 4) == [None, None, 0.5]
@@ -217,7 +210,7 @@ def test_parse_thresholds():
 
 def test_exit_policy_sources(run_dir, caplog):
     from scan_cli.artifact import read_info
-    from scan_cli.prediction import exit_policy
+    from scan_cli.predict_files import exit_policy
 
     info = read_info(run_dir / "model.safetensors")
     info.calibration = None
@@ -246,7 +239,7 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
     import types
 
     from scan_cli.artifact import read_info
-    from scan_cli.prediction import exit_policy
+    from scan_cli.predict_files import exit_policy
 
     calls = []
 
@@ -254,7 +247,7 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
         calls.append((Path(run), kw))
         return {"thresholds": [0.8, float("inf"), 0.6, None], "score": "max_softmax", "fallback": "ensemble"}
 
-    monkeypatch.setitem(sys.modules, "scan_cli.calibrating", types.SimpleNamespace(calibrate_run=calibrate_run))
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     info = read_info(run_dir / "model.safetensors")
     p = exit_policy(info, run_dir, 4, target_acc=0.93)
     assert calls == [(run_dir, {"target_acc": 0.93, "save": False})]
@@ -304,7 +297,7 @@ def test_given_thresholds_equal_the_cascade_simulation(loaded, images, fallback)
     # the same routing through the calibration module's simulation (what calibrate/evaluate promise):
     # with 'correct' meaning "equals predict's answer", every image must be correct at its exit
     from scan_cli.calibration import CascadeData, simulate
-    from scan_cli.inference import exit_correctness
+    from scan_cli.exit_outputs import exit_correctness
 
     answers = torch.tensor([p.class_index for p in report.predictions])
     scores, correct = exit_correctness(logits, answers, "max_softmax", fallback)
@@ -318,7 +311,7 @@ def test_given_thresholds_equal_the_cascade_simulation(loaded, images, fallback)
 def test_channels_last_gives_the_same_answers(run_dir, images):
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
-    from scan_cli.prediction import use_channels_last
+    from scan_cli.predict_files import use_channels_last
 
     model, info = load(run_dir / "model.safetensors")  # its own copy: the layout is changed in place
     x = decoded_batch(images, info)
@@ -382,7 +375,7 @@ def test_bad_files_are_reported_and_the_rest_predicted(loaded, images, tmp_path)
 def test_summary_lines_and_csv(loaded, images, tmp_path):
     import csv
 
-    from scan_cli.prediction import summary_lines, write_csv
+    from scan_cli.predict_files import summary_lines, write_csv
 
     bad = make_bad_files(tmp_path / "bad")
     report = _predict(loaded, list(images[:5]) + list(bad)[:1], [0.0, None, None], top_k=2)
@@ -399,7 +392,8 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
 
 
 def test_default_workers():
-    from scan_cli.prediction import _workers_for, default_workers
+    from scan_cli.data import default_num_workers as default_workers
+    from scan_cli.predict_files import _workers_for
 
     assert 0 <= default_workers() <= 4
     assert _workers_for(None, 10, 64) == 0  # one batch: nothing to overlap

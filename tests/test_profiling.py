@@ -9,18 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scan_cli import profiling
+from scan_cli.bare_model import build_bare_model
+from scan_cli.errors import ScanError
+from scan_cli.profiling import macs
 from scan_cli.contract import StagedBackbone
 from scan_cli.model import HeadConfig, ScanModel
 from scan_cli.backbones.shapes import trace_shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batch-1 forwards: one thread is as fast and immune to busy neighbours."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # -- single pieces ------------------------------------------------------------------------------
@@ -148,7 +145,7 @@ def test_toy_model_pieces_exact(toy):
 
 
 def test_cumulative_costs_are_non_decreasing_and_end_at_backbone_plus_heads():
-    model, size = profiling.build_bare_model("test_resnet", 64)
+    model, size = build_bare_model("test_resnet", 64)
     r = profiling.count_macs(model, size)
     cum = r.cumulative
     assert len(cum) == model.num_exits == 4
@@ -164,7 +161,7 @@ def test_cumulative_costs_are_non_decreasing_and_end_at_backbone_plus_heads():
 def test_vit_count_includes_attention():
     import timm.layers
 
-    model, size = profiling.build_bare_model("test_vit")  # native size: no position-embedding resampling
+    model, size = build_bare_model("test_vit")  # native size: no position-embedding resampling
     blocks = model.backbone.model.blocks
     for blk in blocks:
         blk.attn.fused_attn = True  # F.scaled_dot_product_attention, whatever timm.layers.use_fused_attn() says
@@ -183,7 +180,7 @@ def test_vit_count_includes_attention():
 # -- published cost -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def resnet50_reports():
-    slim, size = profiling.build_bare_model("resnet50", 224, "slim")
+    slim, size = build_bare_model("resnet50", 224, "slim")
     # the paper's heads on the same backbone (no second build)
     paper = ScanModel(slim.backbone, slim.split_modules, slim.num_classes, HeadConfig.preset("paper"),
                       trace_shapes(slim.backbone, size)).eval()
@@ -221,10 +218,10 @@ def run_dir(tmp_path):
 
 
 def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
-    cumulative, backbone = profiling.cascade_costs(run_dir)
+    cumulative, backbone, heads = profiling.cascade_costs(run_dir)
     cache = list((run_dir / "cache").glob("macs-*-16.json"))
     assert len(cache) == 1
-    from scan_cli.inference import artifact_fingerprint
+    from scan_cli.artifact import artifact_fingerprint
 
     assert cache[0].name == f"macs-{artifact_fingerprint(run_dir / 'model.safetensors')}-16.json"
     assert json.loads(cache[0].read_text())["report"]["backbone_macs"] == backbone
@@ -232,18 +229,18 @@ def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("counted again instead of reading the cache")
 
-    monkeypatch.setattr(profiling, "count_macs", boom)
-    profiling._MEMORY_CACHE.clear()
-    assert profiling.cascade_costs(str(run_dir)) == (cumulative, backbone)
-    assert profiling.exit_costs(run_dir) == cumulative
+    monkeypatch.setattr(macs, "count_macs", boom)
+    macs._MEMORY_CACHE.clear()
+    assert profiling.cascade_costs(str(run_dir)) == (cumulative, backbone, heads)
+    assert profiling.cascade_costs(run_dir)[0] == cumulative
 
 
 def test_model_costs_with_a_cache_dir(tmp_path, toy, monkeypatch):
-    profiling._MEMORY_CACHE.clear()
+    macs._MEMORY_CACHE.clear()
     first = profiling.cascade_costs(toy, 8, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("macs-arch-*-8.json"))) == 1
-    profiling._MEMORY_CACHE.clear()
-    monkeypatch.setattr(profiling, "count_macs", lambda *a, **k: pytest.fail("cache not used"))
+    macs._MEMORY_CACHE.clear()
+    monkeypatch.setattr(macs, "count_macs", lambda *a, **k: pytest.fail("cache not used"))
     assert profiling.cascade_costs(toy, 8, cache_dir=tmp_path) == first
     assert isinstance(first[0][0], float) and first[1] == profiling.MacReport.from_dict(
         json.loads(next(tmp_path.glob("*.json")).read_text())["report"]).backbone_macs
@@ -253,7 +250,7 @@ def test_damaged_cache_is_recomputed(run_dir):
     good = profiling.cascade_costs(run_dir)
     path = next((run_dir / "cache").glob("macs-*.json"))
     path.write_text("{not json")
-    profiling._MEMORY_CACHE.clear()
+    macs._MEMORY_CACHE.clear()
     assert profiling.cascade_costs(run_dir) == good
     assert json.loads(path.read_text())["cache_schema"] == profiling.CACHE_SCHEMA
 
@@ -273,7 +270,7 @@ def test_expected_cost_weights_cumulative_costs_by_exit_shares(toy):
 def test_missing_or_bad_calibration_gives_no_expected_cost(toy, cal):
     r = profiling.count_macs(toy, 8)
     assert profiling.calibration_error(cal, r.num_exits)
-    with pytest.raises(profiling.ScanError):
+    with pytest.raises(ScanError):
         profiling.expected_cost(r, cal)
 
 

@@ -55,43 +55,7 @@ def test_loss_without_kd_and_hint_is_weighted_cross_entropy():
     assert torch.allclose(loss, expected)
 
 
-def test_kd_term_vanishes_when_student_equals_teacher():
-    import torch.nn.functional as F
-
-    z = _logits()
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    same = [z[-1].clone(), z[-1].clone(), z[-1]]
-    loss, _ = scan_loss(same, None, y, Recipe(kd=True, feature_hint=False, kd_lambda=0.5))
-    expected = F.cross_entropy(z[-1], y) * (1 + 2 * 0.5)
-    assert torch.allclose(loss, expected, atol=1e-6)
-    diff, _ = scan_loss(z, None, y, Recipe(kd=True, feature_hint=False))
-    nokd, _ = scan_loss(z, None, y, Recipe(kd=False, feature_hint=False))
-    assert not torch.allclose(diff, nokd)
-
-
-def test_kd_gradient_does_not_reach_the_teacher():
-    z = [t.requires_grad_() for t in _logits()]
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    loss, _ = scan_loss(z, None, y, Recipe(kd=True, feature_hint=False, kd_lambda=1.0))
-    loss.backward()
-    # with lambda = 1 the deepest exit only gets its own cross-entropy gradient
-    import torch.nn.functional as F
-
-    z_last = z[-1].detach().clone().requires_grad_()
-    F.cross_entropy(z_last, y).backward()
-    assert torch.allclose(z[-1].grad, z_last.grad)
-
-
-def test_feature_hint_does_not_grow_with_batch_size():
-    z = _logits(n=4)
-    feats = [torch.randn(4, 8) for _ in range(3)]
-    y = torch.tensor([0, 1, 2, 3])
-    r = Recipe(kd=False, feature_hint=True, hint_weight=1.0)
-    small, _ = scan_loss(z, feats, y, r)
-    big, _ = scan_loss([torch.cat([q, q]) for q in z], [torch.cat([f, f]) for f in feats], torch.cat([y, y]), r)
-    assert torch.allclose(small, big, atol=1e-5)
-    none, _ = scan_loss(z, feats, y, Recipe(kd=False, feature_hint=False))
-    assert small > none
+# The KD and hint terms are checked against hand-computed values in test_loss.py.
 
 
 def test_paper_schedule():
@@ -143,8 +107,8 @@ def test_fit_writes_a_complete_run(folder, tmp_path):
 
     model, info = artifact.load(out / "model.safetensors")
     assert info.classes == ["blue", "green", "red"] and info.recipe["epochs"] == 2
-    assert (out.parent / "latest").resolve() == out.resolve()
-    del latest, model
+    assert (latest / "latest").resolve() == out.resolve()  # latest lives in the runs root, wherever the run is
+    del model
 
 
 def test_resume_ends_with_identical_weights(folder, tmp_path):
@@ -172,8 +136,6 @@ def test_resume_ends_with_identical_weights(folder, tmp_path):
 
 def test_heads_mode_keeps_the_backbone_fixed(folder, tmp_path):
     from safetensors.torch import load_file
-
-    from scan_cli.training import load_backbone_weights  # noqa: F401  (weights path is exercised below)
 
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
@@ -227,11 +189,19 @@ def test_cli_fit_json_and_print_recipe(run_cli, folder, tmp_path):
     assert code == 1 and err.startswith("error:") and "Traceback" not in err
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_distributed_two_processes_gloo(folder, tmp_path):
     """torchrun with 2 CPU processes: DDP + distributed sampler; only rank 0 writes."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "scan_cli", "fit", "resnet10_cifar", "--data", str(folder), "--epochs", "1", "--img-size", "16",
            "--batch-size", "4", "--workers", "0", "--out", str(out), "--json"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -47,8 +47,8 @@ def _spec(arch: str) -> BackboneSpec:
     expansion = 4 if block_kind == "bottleneck" else 1
     splits = tuple(SplitPoint(f"layer{i + 1}", c * expansion, r) for i, (c, r) in enumerate(((64, 1), (128, 2), (256, 4))))
 
-    def build(num_classes=None, pretrained: bool = False, **kwargs):
-        return build_cifar_resnet(arch, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    def build(num_classes=None, pretrained: bool = False):  # the contract's two arguments, nothing else
+        return build_cifar_resnet(arch, num_classes=num_classes, pretrained=pretrained)
 
     return BackboneSpec(id=arch, family="resnet_cifar", input_size=32, split_points=splits,
                         build=build, description=description)

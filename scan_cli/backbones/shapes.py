@@ -32,7 +32,7 @@ def derive_split_points(staged, input_size: int, modules=None, device="cpu") -> 
     """Split points (default ones unless ``modules`` is given) with channels/reduction measured."""
     shapes = trace_shapes(staged, input_size, device=device)
     if modules is None:
-        modules = default_splits(staged.unit_names, staged.unit_depths)
+        modules = default_splits(staged.unit_names, getattr(staged, "unit_depths", None))
     return [
         SplitPoint(m, shapes[m][0], max(1, round(input_size / shapes[m][1]))) for m in modules
     ]

@@ -179,8 +179,8 @@ def build_timm(model_id: str, num_classes=None, pretrained: bool = False, **kwar
 
 
 def _builder(model_id: str):
-    def build(num_classes=None, pretrained: bool = False, **kwargs):
-        return build_timm(model_id, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    def build(num_classes=None, pretrained: bool = False):  # the contract's two arguments, nothing else
+        return build_timm(model_id, num_classes=num_classes, pretrained=pretrained)
 
     return build
 

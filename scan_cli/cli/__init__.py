@@ -12,8 +12,8 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import ScanError
-from . import backbones, plugins
+from ..errors import Interrupted, ScanError
+from . import backbones, calibrate, export, fit, plugins, predict, profile
 
 app = typer.Typer(
     name="scan",
@@ -39,14 +39,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(backbones.app, name="backbones")
 app.command("plugins")(plugins.plugins_command)
 
-for _name in ("fit", "calibrate", "profile", "predict", "export"):
-    try:  # commands land one by one; a missing module must not break the others
-        _mod = __import__(f"scan_cli.cli.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"scan_cli.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _command in (fit, calibrate, profile, predict, export):
+    _command.register(app)
 
 
 def main(argv=None) -> None:
@@ -57,11 +51,19 @@ def main(argv=None) -> None:
     debug = os.environ.get("SCAN_DEBUG") == "1"
     try:
         app(args=argv, prog_name="scan")
+    except Interrupted as exc:  # Ctrl-C where the command has something to say (what was kept)
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
     except ScanError as exc:
         if debug:
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        cause = _ctrl_c_cause(exc) if exc.code == 130 else None
+        if cause is not None:  # typer turns Ctrl-C into exit 130 silently
+            sys.stderr.write(f"{cause if isinstance(cause, Interrupted) else 'interrupted'}\n")
+        raise
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -71,3 +73,14 @@ def main(argv=None) -> None:
         first = str(exc).splitlines()[0] if str(exc) else ""
         sys.stderr.write(f"error: {type(exc).__name__}: {first} (set SCAN_DEBUG=1 for the traceback)\n")
         sys.exit(1)
+
+
+def _ctrl_c_cause(exc: BaseException):
+    """The KeyboardInterrupt behind an exit, if any (an ``Interrupted`` carries a message)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -28,6 +28,22 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
+def print_listing(items, *, as_json: bool, title: str, columns, row) -> None:
+    """A list command's result: one JSON array of ``item.to_dict()`` with --json, else a table
+    with ``columns`` and one ``row(item)`` (a tuple of strings) per item."""
+    if as_json:
+        print_json([item.to_dict() for item in items])
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for item in items:
+        table.add_row(*row(item))
+    stdout_console().print(table)
+
+
 def _jsonable(obj):
     if hasattr(obj, "to_dict"):
         return obj.to_dict()

@@ -19,21 +19,15 @@ def list_backbones(ctx: typer.Context, as_json: bool = JSON,
     import fnmatch
 
     from ..registry import default_registry
-    from ._output import print_json, stdout_console
+    from ._output import print_listing
+
+    def row(s):
+        splits = ", ".join(f"{p.module}: {p.channels}@1/{p.reduction}" for p in s.split_points)
+        return s.id, s.provider, s.family, str(s.input_size), splits
 
     specs = [s for s in default_registry().specs() if not pattern or fnmatch.fnmatch(s.id, pattern)]
-    if as_json:
-        print_json([s.to_dict() for s in specs])
-        return
-    from rich.table import Table
-
-    table = Table(title="backbones")
-    for col in ("id", "provider", "family", "input", "split points (module: channels @ 1/reduction)"):
-        table.add_column(col)
-    for s in specs:
-        splits = ", ".join(f"{p.module}: {p.channels}@1/{p.reduction}" for p in s.split_points)
-        table.add_row(s.id, s.provider, s.family, str(s.input_size), splits)
-    stdout_console().print(table)
+    print_listing(specs, as_json=as_json, title="backbones",
+                  columns=("id", "provider", "family", "input", "split points (module: channels @ 1/reduction)"), row=row)
 
 
 @app.command("show")

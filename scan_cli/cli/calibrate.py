@@ -32,7 +32,7 @@ def calibrate_command(
     as_json: bool = JSON,
 ):
     """Choose per-exit thresholds: cheapest cascade that keeps the accuracy promise on validation data."""
-    from ..calibrating import calibrate_run
+    from ..calibration.run import calibrate_run
     from ..errors import UsageError
     from ..runs import resolve_run
     from ._output import info, print_json
@@ -92,7 +92,7 @@ def evaluate_command(
     as_json: bool = JSON,
 ):
     """Accuracy of every exit, the ensemble and the calibrated cascade on held-out data."""
-    from ..calibrating import evaluate_run
+    from ..calibration.run import evaluate_run
     from ..runs import resolve_run
     from ._output import print_json, stdout_console
 

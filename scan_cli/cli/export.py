@@ -48,7 +48,7 @@ def export_command(
 def _print_pieces(manifest: dict) -> None:
     from rich.table import Table
 
-    from ..prediction import format_macs
+    from ..predict_files import format_macs
     from ._output import stdout_console
 
     K = manifest["num_exits"]

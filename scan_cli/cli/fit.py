@@ -20,11 +20,18 @@ def fit_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this folder."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per process."),
-    lr: Optional[float] = typer.Option(None, "--lr"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: scaled to the global batch size)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default: 5e-4 up to 64 px, 1e-4 above."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default, after a warm-up) | multistep | constant."),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Linear warm-up (default: 10% of the epochs, at most 5)."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="auto (pad_crop up to 64 px, rrc above) | rrc | pad_crop | none."),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Random horizontal flip (default: on, off for digits/MNIST)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="scan (default) | paper (the official code's loss, for reproduction)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Square input side (default: the backbone's data config)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="joint | heads (backbone frozen) | auto: heads when starting from pretrained weights."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from timm's hub weights."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors, or .pth loaded with weights_only)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights you have: .safetensors, a state_dict or a timm train.py checkpoint (never unpickled)."),
+    ema: bool = typer.Option(False, "--ema", help="With --weights: take the checkpoint's EMA weights (state_dict_ema)."),
     kd: Optional[bool] = typer.Option(None, "--kd/--no-kd", help="Distillation from the deepest exit."),
     feature_hint: Optional[bool] = typer.Option(None, "--hint/--no-hint", help="Feature-hint loss."),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Attention modules on the exits."),
@@ -47,25 +54,43 @@ def fit_command(
     from ..training import FitOptions, fit, read_checkpoint_recipe
     from ._output import print_json
 
-    flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, mode=mode,
+    flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                 warmup_epochs=warmup_epochs, augment=augment, hflip=hflip, loss=loss, img_size=img_size, mode=mode,
                  pretrained=pretrained, kd=kd, feature_hint=feature_hint, attention=attention, heads=heads,
                  splits=[s.strip() for s in splits.split(",") if s.strip()] if splits else None,
                  val_fraction=val_fraction, seed=seed, workers=workers, amp=amp)
     recipe_name = recipe
     if resume is not None:
+        resume = resume.resolve()
         resolved, extra = read_checkpoint_recipe(resume)
-        backbone = backbone or extra.get("backbone")
+        _refuse_changes_on_resume(resolved, extra, dict(flags, backbone=backbone, recipe=recipe, out=out,
+                                                        weights=weights, ema=ema or None, image_column=image_column,
+                                                        label_column=label_column, streaming=streaming or None))
+        backbone = extra.get("backbone")
         recipe_name = extra.get("recipe_name")
+        if epochs is not None:  # the one setting a resumed run may change: train longer (the lr horizon follows)
+            from dataclasses import replace
+
+            resolved = replace(resolved, epochs=epochs)
+            resolved.validate()
+        if workers is not None:
+            from dataclasses import replace
+
+            resolved = replace(resolved, workers=workers)
     else:
         resolved = load_recipe(recipe, flags)
         backbone = backbone or resolved.backbone
-    if print_recipe:
-        print_json(resolved.to_dict() | {"backbone": backbone, "recipe_name": recipe_name})
-        return
     if not backbone:
         raise UsageError("name a backbone (e.g. 'scan fit resnet18') or a recipe that sets one (--recipe digits-cpu)")
+    if ema and weights is None:
+        raise UsageError("--ema picks the EMA weights of a --weights checkpoint: add --weights FILE")
+    if weights is not None and not weights.is_file():
+        raise UsageError(f"--weights {weights}: no such file")
+    if print_recipe:
+        print_json(_resolved_for_print(resolved, backbone, weights is not None) | {"backbone": backbone, "recipe_name": recipe_name})
+        return
     summary = fit(FitOptions(backbone=backbone, recipe=resolved, recipe_name=recipe_name, out=out, resume=resume,
-                             weights=weights, device=device, image_column=image_column, label_column=label_column,
+                             weights=weights, ema=ema, device=device, image_column=image_column, label_column=label_column,
                              streaming=streaming))
     if "val" not in summary:  # not the main process of a distributed run
         return
@@ -73,6 +98,33 @@ def fit_command(
         print_json(summary)
     else:
         _print_summary(summary)
+
+
+RESUME_CAN_CHANGE = ("epochs", "workers")  # plus --device and --json, which are not training settings
+
+
+def _refuse_changes_on_resume(recipe, extra: dict, given: dict) -> None:
+    """A resumed run keeps its settings: flags that would change them are usage errors."""
+    from ..errors import UsageError
+
+    stored = recipe.to_dict() | {"backbone": extra.get("backbone"), "recipe": extra.get("recipe_name")}
+    clash = [k for k, v in given.items() if v is not None and k not in RESUME_CAN_CHANGE and stored.get(k, object()) != v]
+    if clash:
+        names = ", ".join("--" + k.replace("_", "-") for k in clash)
+        raise UsageError(f"--resume continues a run with its own settings: {names} cannot change (only --epochs, "
+                         "--workers and --device can); drop them, or start a new run")
+
+
+def _resolved_for_print(recipe, backbone: str, has_weights: bool) -> dict:
+    """The recipe as fit will run it (image size from the backbone's declared input size)."""
+    from ..recipes import resolve
+    from ..registry import default_registry
+    from ..training import resolve_mode
+
+    spec = default_registry().get(backbone)
+    shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
+    return resolve(recipe, img_size=recipe.img_size or spec.input_size, mode=resolve_mode(recipe, has_weights),
+                   num_shallow=shallow).to_dict()
 
 
 def _print_summary(summary: dict) -> None:

@@ -1,4 +1,4 @@
-"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.prediction)."""
+"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.predict_files)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def predict_command(
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
     from ..onnx_engine import wants_onnx
-    from ..prediction import predict, summary_lines, write_csv
+    from ..predict_files import predict, summary_lines, write_csv
     from ._output import info, print_json
 
     if wants_onnx(engine, run):  # the ONNX Runtime engine: same report, same exit codes
@@ -79,7 +79,7 @@ def _print_table(report, top_k: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..prediction import format_macs
+    from ..predict_files import format_macs
     from ._output import stdout_console
 
     table = Table(title="predictions")

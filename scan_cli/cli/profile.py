@@ -44,10 +44,14 @@ def profile_command(
     calibration = None
     if backbone_id is not None:
         info(f"building {backbone_id} with {heads} heads (random weights)")
-        model, size = profiling.build_bare_model(backbone_id, img_size, heads)
+        from ..bare_model import build_bare_model
+
+        model, size = build_bare_model(backbone_id, img_size, heads)
         info("counting MACs (fvcore, batch 1)")
         report = profiling.profile_macs(model, size)
-        source = {"backbone": backbone_id, "heads": heads}
+        from ..registry import default_registry
+
+        source = {"backbone": backbone_id, "provider": default_registry().get(backbone_id).provider, "heads": heads}
     else:
         from ..artifact import load, read_info
         from ..runs import model_path, resolve_run
@@ -60,7 +64,7 @@ def profile_command(
             model, artifact_info = load(model_path(run_dir))
         info(f"counting MACs for {run_dir} (fvcore, batch 1; cached per artifact)")
         report = profiling.run_macs(run_dir, size, model=model)
-        source = {"run": str(run_dir), "backbone": artifact_info.backbone_id}
+        source = {"run": str(run_dir), "backbone": artifact_info.backbone_id, "provider": artifact_info.provider}
 
     doc = {"source": source, **report.to_dict()}
     if flops:
@@ -108,7 +112,9 @@ def profile_command(
 
 def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_size, max_images, device, threads, warmup, info):
     info("loading validation images for the real cascade")
-    batches, reason = profiling.validation_batches(run_dir, artifact_info, batch_size, max_images=max_images)
+    from ..data import validation_batches
+
+    batches, reason = validation_batches(run_dir, artifact_info, batch_size, max_images=max_images)
     if batches is None:
         return None, reason
     info(f"timing the cascade vs the plain backbone on {sum(int(b.shape[0]) for b in batches)} validation images")
@@ -142,7 +148,7 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
         if flops:
             row.append(_fmt_count(2 * e.macs_cumulative, scale))
         table.add_row(*row)
-    plain = ["plain", "(timm)", _fmt_count(report.backbone_macs, scale), "", "", _fmt_count(report.backbone_macs, scale),
+    plain = ["plain", f"({doc['source'].get('provider') or 'backbone'})", _fmt_count(report.backbone_macs, scale), "", "", _fmt_count(report.backbone_macs, scale),
              "100.0%", f"{report.backbone_params / 1e6:.3f}"]
     if flops:
         plain.append(_fmt_count(2 * report.backbone_macs, scale))
@@ -171,7 +177,7 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
                   f"{report.shallow_exit_params / 1e6:.3f}M params.", highlight=False)
     if latency is not None:
         console.print(f"latency: {latency.warmup} warm-up + up to {latency.iters} interleaved timed rounds; an exit's "
-                      f"time runs the network up to and including it; plain = the timm model's own forward.",
+                      f"time runs the network up to and including it; plain = the backbone's own forward.",
                       highlight=False)
     if expected is not None:
         shares = ", ".join(f"{100 * s:.1f}%" for s in expected.exit_shares)

@@ -1,7 +1,8 @@
 """Calibrating and evaluating a run: data -> cached exit outputs -> threshold search -> artifact.
 
-The search itself lives in ``calibration`` (pure numpy); this module wires it to a run folder.
-Calibration only ever sees the validation split, which ``scan fit`` held out of training.
+The search itself lives in the rest of this package (pure numpy); this module wires it to a run
+folder. Calibration only ever sees the validation split, which ``scan fit`` held out of training
+(``data.run_split`` rebuilds it from what the run recorded). torch is imported inside functions.
 """
 
 from __future__ import annotations
@@ -10,46 +11,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError, UsageError
-
-EVAL_SPLITS = ("test", "val", "train", "all")
+from ..errors import UsageError
 
 
-def _recipe_of(info) -> dict:
-    return info.recipe or {}
-
-
-def load_split(info, split: str, data: Optional[str] = None, image_column=None, label_column=None):
-    """The dataset for ``split`` with the run's eval preprocessing (never augmentation)."""
-    from .data import load_data
-
-    recipe = _recipe_of(info)
-    splits = load_data(data if data is not None else recipe.get("data"), data_config=info.data_config,
-                       train_transform="none", img_size=info.input_size,
-                       val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0),
-                       image_column=image_column, label_column=label_column)
-    if data is None or data == recipe.get("data"):
-        if list(splits.classes) != list(info.classes):
-            raise ScanError("the run's data now has other classes than it was trained on: pass --data with the training data")
-    elif len(splits.classes) != len(info.classes):
-        raise ScanError(f"--data has {len(splits.classes)} classes, the model {len(info.classes)}: pass data with the model's classes")
-    if split == "all":
-        import torch.utils.data as tud
-
-        parts = [d for d in (splits.train, splits.val, splits.test) if d is not None]
-        return tud.ConcatDataset(parts), splits
-    dataset = getattr(splits, split)
-    if dataset is None:
-        raise ScanError(f"the data has no {split} split: pass --split val|all, or --data with a test split")
-    return dataset, splits
-
-
-def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
+def split_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
     """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
-    from .data import make_loader
-    from .inference import cached_exit_outputs, collect_exit_outputs
+    from ..data import make_loader, run_split
+    from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
-    dataset, _ = load_split(info, split, data)
+    dataset, _ = run_split(run_dir, info, split, data)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
     if data is None:
         return cached_exit_outputs(run_dir, split, make, model, device=device)
@@ -57,8 +27,8 @@ def exit_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Opt
 
 
 def costs_of(run_dir: Path, model, info):
-    from .profiling import cascade_costs
-    from .runs import CACHE_DIR
+    from ..profiling import cascade_costs
+    from ..runs import CACHE_DIR
 
     return cascade_costs(model, info.input_size, cache_dir=Path(run_dir) / CACHE_DIR)
 
@@ -69,9 +39,12 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     """Choose per-exit thresholds on the run's validation split; write them into the artifact."""
     import numpy as np
 
-    from . import artifact, calibration
-    from .inference import exit_correctness
-    from .runs import model_path
+    from .. import artifact
+    from ..exit_outputs import exit_correctness
+    from ..runs import model_path
+    from .cascade import CascadeData
+    from .choose import calibrate
+    from .plot import plot_front
 
     if split != "val":
         raise UsageError(f"calibration uses the validation split only, never '{split}': test data must stay unseen")
@@ -84,21 +57,25 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels = exit_outputs(run_dir, model, info, "val", device=device)
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    logits, labels = split_outputs(run_dir, model, info, "val", device=device)
+    costs = costs_of(run_dir, model, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
-    data = calibration.CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
-    result = calibration.calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
-                                   confidence=confidence, seed=seed, backbone_cost=backbone_macs)
+    # with fallback last an exit can be switched off (it then runs nothing); the ensemble needs every head
+    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                       heads=None if fallback == "ensemble" else costs.heads)
+    result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
+                       confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
-                "backbone_macs": backbone_macs, "exit_macs": list(cumulative),
+                "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
+                "head_macs": list(costs.heads),
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
     if plot is not None:
-        calibration.plot_front(result, Path(plot))
+        plot_front(result, Path(plot))
     if save:
         artifact.update_metadata(model_path(run_dir), calibration=doc)
     return doc
@@ -108,31 +85,36 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     """Per-exit accuracy, ensemble, and the calibrated cascade on held-out data."""
     import numpy as np
 
-    from . import artifact, calibration
-    from .inference import exit_correctness
-    from .runs import model_path
-    from .training import exit_accuracies
+    from .. import artifact
+    from ..data import EVAL_SPLITS, run_recipe
+    from ..exit_outputs import exit_correctness
+    from ..runs import model_path
+    from ..training import exit_accuracies
+    from .cascade import CascadeData, summarize
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
     model, info = artifact.load(model_path(run_dir), device=device)
-    logits, labels = exit_outputs(run_dir, model, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or _recipe_of(info).get("data"), "n": int(labels.numel())}
+    logits, labels = split_outputs(run_dir, model, info, split, device=device, data=data)
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel())}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]
     doc["ensemble"] = {"accuracy": accs["ensemble"]}
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    costs = costs_of(run_dir, model, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     for k in range(K):
         doc["exits"][k]["macs_cumulative"] = cumulative[k]
     doc["backbone_macs"] = backbone_macs
     cal = info.calibration
     if cal:
-        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), cal.get("fallback", "last"))
-        data_ = calibration.CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+        fallback = cal.get("fallback", "last")
+        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), fallback)
+        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                            heads=None if fallback == "ensemble" else costs.heads)
         thresholds = [np.inf if t is None else t for t in cal["thresholds"][:K - 1]]
-        summary = calibration.summarize(data_, thresholds)
+        summary = summarize(data_, thresholds)
         doc["cascade"] = {
             "thresholds": cal["thresholds"], "accuracy": summary["accuracy"], "exit_shares": list(summary["exit_shares"]),
             "expected_macs": summary["expected_cost"], "speedup": backbone_macs / summary["expected_cost"],

@@ -1,27 +1,14 @@
-"""Running a SCAN model over data: every exit's logits (cached per artifact) for calibrate/evaluate."""
+"""Every exit's outputs over a dataset: logits and labels for fit's validation metrics and for
+calibrate/evaluate (cached per artifact in the run folder), and their per-exit correctness for the
+threshold search."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
+from .data.loader import loader_length
 from .runs import CACHE_DIR
-
-
-def artifact_fingerprint(model_file: Path) -> str:
-    """sha256 of the tensors part of the artifact: calibration metadata changes don't invalidate caches."""
-    import json
-    import struct
-
-    with open(model_file, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = None):
@@ -33,25 +20,18 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     model.eval()
     all_logits, all_labels = [], []
     with torch.no_grad():
-        for images, labels in track(loader, description=progress or "exits", total=_len(loader)):
+        for images, labels in track(loader, description=progress or "exits", total=loader_length(loader)):
             outs = model(images.to(device, non_blocking=True))
             all_logits.append(torch.stack([o.float() for o in outs], dim=1).cpu())
             all_labels.append(labels.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def _len(loader):
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
 def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
     """Exit logits for a split, computed once per artifact and stored in run_dir/cache/."""
     from safetensors.torch import load_file, save_file
 
-    from .artifact import atomic_write
+    from .artifact import artifact_fingerprint, atomic_write
     from .runs import model_path
 
     fingerprint = artifact_fingerprint(model_path(run_dir))

@@ -1,4 +1,4 @@
-"""What an exit costs: fvcore MAC counts per piece, the cascade's expected cost, measured latency.
+"""What an exit costs, counted: fvcore MAC counts per piece and the cascade's expected cost.
 
 Units: fvcore counts one multiply-accumulate as one "flop"; everything here is named for what it is,
 **MACs** (GFLOPs = 2 x MACs, only where a caller asks for it). Counting uses batch size 1.
@@ -32,9 +32,10 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
-from .errors import ScanError
+from ..devices import torch_threads
+from ..errors import ScanError
 
 UNITS = "MACs"
 CACHE_SCHEMA = 1  # bump when the cached report's meaning changes
@@ -263,6 +264,11 @@ class MacReport:
         return [e.macs_cumulative for e in self.exits]
 
     @property
+    def shallow_heads(self) -> list[int]:
+        """Each shallow exit's own MACs (attention + head): what switching it off saves."""
+        return [e.exit_macs for e in self.exits[:-1]]
+
+    @property
     def shallow_exit_macs(self) -> int:
         """Every shallow exit (attention + head) together: the cascade's overhead when all run."""
         return int(sum(e.exit_macs for e in self.exits[:-1]))
@@ -300,7 +306,7 @@ def count_macs(model, input_size: int, handles: Optional[dict] = None) -> MacRep
     was_training = model.training
     model.eval()
     # batch-1 tracing gains little from threads and suffers badly when the cores are shared
-    with _threads(1):
+    with torch_threads(1):
         try:
             return _count_macs(model, input_size, handles)
         finally:
@@ -394,7 +400,7 @@ def _read_cache(path: Path) -> Optional[MacReport]:
 
 
 def _write_cache(path: Path, report: MacReport) -> None:
-    from .artifact import atomic_write
+    from ..artifact import atomic_write
 
     text = json.dumps({"cache_schema": CACHE_SCHEMA, "report": report.to_dict()}, indent=1)
     try:
@@ -405,8 +411,8 @@ def _write_cache(path: Path, report: MacReport) -> None:
 
 def run_cache_path(run_dir: Path, input_size: int) -> Path:
     """``run_dir/cache/macs-<artifact fingerprint>-<size>.json``."""
-    from .inference import artifact_fingerprint
-    from .runs import CACHE_DIR, model_path
+    from ..artifact import artifact_fingerprint
+    from ..runs import CACHE_DIR, model_path
 
     return Path(run_dir) / CACHE_DIR / f"macs-{artifact_fingerprint(model_path(run_dir))}-{int(input_size)}.json"
 
@@ -429,8 +435,8 @@ def profile_macs(model, input_size: int, cache_path: Optional[Path] = None) -> M
 
 def run_macs(run_dir: Path, input_size: Optional[int] = None, model=None) -> MacReport:
     """The MAC report of a run's artifact, cached in its ``cache/`` folder; loads the model only on a miss."""
-    from .artifact import load, read_info
-    from .runs import model_path
+    from ..artifact import load, read_info
+    from ..runs import model_path
 
     run_dir = Path(run_dir)
     size = int(input_size or read_info(model_path(run_dir)).input_size)
@@ -443,13 +449,15 @@ def run_macs(run_dir: Path, input_size: Optional[int] = None, model=None) -> Mac
     return profile_macs(model, size, cache_path=path)
 
 
-def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> tuple[list[float], float]:
-    """The costs ``scan calibrate`` weighs exits by: ``(cumulative, backbone_macs)``.
+def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> "CascadeCosts":
+    """The costs ``scan calibrate`` weighs exits by: ``(cumulative, backbone_macs, heads)``.
 
-    ``cumulative[k]`` is the MACs (batch 1) of answering an image at exit ``k`` in the cascade:
-    backbone up to split ``k`` plus every shallow exit on the way, its own included; the last entry is
-    the full backbone plus all shallow exits. ``backbone_macs`` is the plain network's cost, so
-    ``backbone_macs / sum(share_k * cumulative[k])`` is the counted speed-up.
+    ``cumulative[k]`` is the MACs (batch 1) of answering an image at exit ``k`` in the cascade with
+    every exit switched on: backbone up to split ``k`` plus every shallow exit on the way, its own
+    included; the last entry is the full backbone plus all shallow exits. ``heads[k]`` is shallow exit
+    k's own attention + head, which a switched-off exit (threshold never firing) does not run
+    (``CascadeCosts.for_policy``). ``backbone_macs`` is the plain network's cost, so
+    ``backbone_macs / sum(share_k * cost_k)`` is the counted speed-up.
 
     ``model``: a ``ScanModel``, or a run folder (str/Path; then the result is cached in
     ``run/cache/macs-<artifact fingerprint>-<size>.json`` and the model is loaded only on a cache miss).
@@ -465,12 +473,25 @@ def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[P
         if cache_dir is not None:
             path = Path(cache_dir) / f"macs-arch-{structure_key(model)}-{int(input_size)}.json"
         report = profile_macs(model, int(input_size), cache_path=path)
-    return [float(c) for c in report.cumulative], float(report.backbone_macs)
+    return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
+                        [float(h) for h in report.shallow_heads])
 
 
-def exit_costs(model, input_size: Optional[int] = None) -> list[float]:
-    """Cumulative MACs per exit (see ``cascade_costs``) for a ``ScanModel`` or a run folder."""
-    return cascade_costs(model, input_size)[0]
+class CascadeCosts(NamedTuple):
+    cumulative: list  # every exit switched on
+    backbone_macs: float
+    heads: list  # each shallow exit's own MACs
+
+    def for_policy(self, thresholds, fallback: str = "last") -> list[float]:
+        """Cumulative MACs per exit when the exits whose threshold is None/inf are switched off; with
+        the ensemble fallback every head runs (its logits are needed for the mean)."""
+        from ..calibration.cascade import effective_costs
+
+        heads = None if fallback == "ensemble" else self.heads
+        return [float(c) for c in effective_costs(self.cumulative, heads, thresholds)]
+
+
+
 
 
 # -- expected cost from calibration -------------------------------------------------------------
@@ -509,304 +530,8 @@ def expected_cost(report: MacReport, calibration: dict) -> ExpectedCost:
     if problem:
         raise ScanError(problem)
     shares = [float(s) for s in calibration["exit_shares"]]
-    macs = float(sum(s * c for s, c in zip(shares, report.cumulative)))
+    costs = CascadeCosts(report.cumulative, report.backbone_macs, report.shallow_heads).for_policy(
+        calibration["thresholds"], calibration.get("fallback", "last"))
+    macs = float(sum(s * c for s, c in zip(shares, costs)))
     return ExpectedCost(macs=macs, speedup=report.backbone_macs / macs if macs else float("nan"),
                         exit_shares=shares, thresholds=list(calibration["thresholds"]))
-
-
-# -- measured latency ---------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> str:
-    from .devices import resolve_device as resolve
-
-    return str(resolve(device))
-
-
-def plain_backbone(model):
-    """The timm model's own forward (``model.backbone.model``), else the staged backbone."""
-    return getattr(model.backbone, "model", model.backbone)
-
-
-def run_to_exit(model, k: int, x):
-    """What an image leaving at exit ``k`` costs: stem, sections 0..k, and exits 0..k."""
-    h = model.stem(x)
-    out = None
-    for j in range(k + 1):
-        h = model.section(j, h)
-        out = model.exit_logits(j, h)
-    return out
-
-
-@dataclass
-class Timing:
-    batch_size: int
-    p50_ms: float
-    p95_ms: float
-    n: int  # timed iterations
-
-    @property
-    def per_image_ms(self) -> float:
-        return self.p50_ms / self.batch_size
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "per_image_ms": self.per_image_ms}
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-@dataclass
-class LatencyReport:
-    device: str
-    threads: int
-    warmup: int
-    iters: int
-    batch_sizes: list[int]
-    backbone: dict[int, Timing]  # batch size -> the plain timm model
-    exits: list[dict[int, Timing]]  # per exit: batch size -> running up to and including that exit
-
-    def ratio(self, k: int, batch_size: int) -> float:
-        """Exit ``k``'s p50 latency over the plain backbone's, same batch size and run."""
-        return self.exits[k][batch_size].p50_ms / self.backbone[batch_size].p50_ms
-
-    def exit_dict(self, k: int) -> dict:
-        return {"latency_ms": {str(b): t.to_dict() for b, t in self.exits[k].items()},
-                "latency_ratio": {str(b): self.ratio(k, b) for b in self.exits[k]}}
-
-    def to_dict(self) -> dict:
-        return {"device": self.device, "threads": self.threads, "warmup": self.warmup, "iters": self.iters,
-                "batch_sizes": self.batch_sizes,
-                "backbone": {str(b): t.to_dict() for b, t in self.backbone.items()},
-                "exits": [self.exit_dict(k) for k in range(len(self.exits))]}
-
-
-class _threads:
-    def __init__(self, n: Optional[int]):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(int(self.n))
-        return torch.get_num_threads()
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.before)
-
-
-def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 32), device: str = "auto",
-                    threads: Optional[int] = None, warmup: int = 3, iters: int = 20,
-                    max_seconds: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> LatencyReport:
-    """Measured wall time per exit and for the plain backbone, on random inputs.
-
-    For each batch size: the plain timm model's own forward, and for each exit ``k`` the network run
-    up to and including exit ``k`` (stem, sections, every exit on the way): what an image leaving at
-    ``k`` costs. Measurements are interleaved (each round times every variant once, in a rotating
-    order), so a busy neighbour slows all of them alike and the ratios stay fair. ``warmup`` untimed
-    rounds first; ``iters`` timed rounds, or fewer when ``max_seconds`` (per batch size) runs out,
-    never fewer than 3. ``threads`` fixes ``torch.set_num_threads`` (default: torch's current,
-    restored after); ``device='auto'`` is CUDA when available (synchronised around every call).
-    The model is moved to ``device`` and left there."""
-    import time
-
-    import torch
-
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    plain = plain_backbone(model)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    K = model.num_exits
-    variants = [("plain", plain)] + [(k, (lambda t, k=k: run_to_exit(model, k, t))) for k in range(K)]
-    backbone_t: dict[int, Timing] = {}
-    exit_t: list[dict[int, Timing]] = [dict() for _ in range(K)]
-    with _threads(threads) as n_threads, torch.inference_mode():
-        for b in batch_sizes:
-            b = int(b)
-            x = torch.randn(b, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
-            if progress:
-                progress(f"timing the plain backbone and {K} exits at batch {b} ({warmup} warm-up + up to {iters} rounds)")
-            for _ in range(max(0, warmup)):
-                for _, fn in variants:
-                    fn(x)
-            _sync(dev)
-            samples: dict = {name: [] for name, _ in variants}
-            spent = 0.0
-            for i in range(max(1, iters)):
-                shift = i % len(variants)
-                for name, fn in variants[shift:] + variants[:shift]:
-                    start = time.perf_counter()
-                    fn(x)
-                    _sync(dev)
-                    samples[name].append(time.perf_counter() - start)
-                    spent += samples[name][-1]
-                if max_seconds is not None and spent > max_seconds and i >= 2:
-                    break
-
-            def timing(values):
-                return Timing(batch_size=b, p50_ms=_percentile(values, 0.5) * 1e3,
-                              p95_ms=_percentile(values, 0.95) * 1e3, n=len(values))
-
-            backbone_t[b] = timing(samples["plain"])
-            for k in range(K):
-                exit_t[k][b] = timing(samples[k])
-    return LatencyReport(device=dev, threads=n_threads, warmup=warmup, iters=iters,
-                         batch_sizes=[int(b) for b in batch_sizes], backbone=backbone_t, exits=exit_t)
-
-
-# -- the real cascade on validation images ------------------------------------------------------
-def validation_batches(run_dir: Path, info, batch_size: int, max_images: Optional[int] = None):
-    """``(batches, None)``: up to ``max_images`` validation images of the run's data as a list of
-    image tensors (eval preprocessing, the split ``scan fit`` held out), or ``(None, reason)``.
-
-    The data settings come from ``run_dir/recipe.json`` (written by ``scan fit``: ``data``,
-    ``val_fraction``, ``seed``), else from the recipe stored in the artifact; images are loaded with
-    ``scan_cli.data.load_data`` at the artifact's input size and batched by ``make_loader``."""
-    from .runs import RECIPE_FILE
-
-    recipe_file = Path(run_dir) / RECIPE_FILE
-    recipe = None
-    if recipe_file.is_file():
-        try:
-            recipe = json.loads(recipe_file.read_text())
-        except (OSError, ValueError) as exc:
-            return None, f"{recipe_file} is unreadable ({type(exc).__name__}): re-run 'scan fit'"
-    elif isinstance(getattr(info, "recipe", None), dict):
-        recipe = info.recipe
-    if not isinstance(recipe, dict) or "data" not in recipe:
-        return None, f"{recipe_file} (written by 'scan fit') is missing or names no data, so the validation split is unknown"
-    try:
-        from . import data as data_mod
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.data":
-            raise
-        return None, "this scan_cli has no data module (scan_cli.data) to load validation images"
-    try:
-        splits = data_mod.load_data(recipe["data"], data_config=info.data_config, train_transform="none",
-                                    img_size=int(info.input_size), val_fraction=recipe.get("val_fraction", 0.1),
-                                    seed=recipe.get("seed", 0), splits=("val",))
-    except ScanError as exc:
-        return None, f"the run's data could not be loaded ({exc})"
-    val = getattr(splits, "val", None)
-    if val is None:
-        return None, f"data '{recipe['data']}' has no validation split"
-    loader = data_mod.make_loader(val, batch_size=batch_size, shuffle=False, num_workers=0)
-    batches, n = [], 0
-    for batch in loader:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if max_images is not None and n + images.shape[0] > max_images:
-            images = images[: max_images - n]
-        if images.shape[0]:
-            batches.append(images)
-        n += int(images.shape[0])
-        if max_images is not None and n >= max_images:
-            break
-    if not batches:
-        return None, f"data '{recipe['data']}' has an empty validation split"
-    return batches, None
-
-
-@dataclass
-class CascadeTiming:
-    images: int
-    batch_size: int
-    repeats: int
-    cascade_s: float  # median over repeats of one pass over all images
-    backbone_s: float
-    measured_speedup: float  # backbone_s / cascade_s
-    observed_exit_shares: list[float]
-    threads: int
-    device: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", fallback: str = "last",
-                    device: str = "auto", threads: Optional[int] = None, warmup: int = 1,
-                    repeats: int = 3) -> CascadeTiming:
-    """Wall clock of the real cascade (``model.early_exit``) vs the plain backbone over the same
-    preloaded ``batches`` (data loading not timed); the median of ``repeats`` full passes each."""
-    import statistics
-    import time
-
-    import torch
-
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    plain = plain_backbone(model)
-    batches = [b.to(dev) for b in batches]
-    if not batches:
-        raise ScanError("no validation images to time the cascade on")
-    counts = torch.zeros(model.num_exits, dtype=torch.long)
-
-    def cascade_pass(record=False):
-        for x in batches:
-            out = model.early_exit(x, thresholds, score=score, fallback=fallback)
-            if record:
-                counts.add_(torch.bincount(out.exit_index.cpu(), minlength=model.num_exits))
-
-    def backbone_pass():
-        for x in batches:
-            plain(x)
-
-    def timed(fn):
-        _sync(dev)
-        start = time.perf_counter()
-        fn()
-        _sync(dev)
-        return time.perf_counter() - start
-
-    with _threads(threads) as n_threads, torch.inference_mode():
-        for _ in range(max(0, warmup)):
-            model.early_exit(batches[0], thresholds, score=score, fallback=fallback)
-            plain(batches[0])
-        cascade_pass(record=True)
-        c_times, b_times = [], []
-        for _ in range(max(1, repeats)):  # interleaved so drift hits both alike
-            c_times.append(timed(cascade_pass))
-            b_times.append(timed(backbone_pass))
-    c, b = statistics.median(c_times), statistics.median(b_times)
-    n = int(sum(x.shape[0] for x in batches))
-    return CascadeTiming(images=n, batch_size=int(batches[0].shape[0]), repeats=len(c_times), cascade_s=c,
-                         backbone_s=b, measured_speedup=b / c, observed_exit_shares=(counts.float() / n).tolist(),
-                         threads=n_threads, device=dev)
-
-
-# -- model for a bare backbone id ---------------------------------------------------------------
-def build_bare_model(backbone_id: str, input_size: Optional[int] = None, heads: str = "slim",
-                     num_classes: Optional[int] = None, registry=None):
-    """A ``ScanModel`` with random weights on a backbone id (before training): the default split
-    points and the ``heads`` preset. ``num_classes``: default the model's own (timm: 1000)."""
-    from .model import HeadConfig, ScanModel, build_scan_model
-    from .registry import default_registry
-
-    spec = (registry or default_registry()).get(backbone_id)
-    head = HeadConfig.preset(heads)
-    size = int(input_size or spec.input_size)
-    if num_classes is not None:
-        model = build_scan_model(spec, num_classes=num_classes, head=head, input_size=size)
-    else:  # build_scan_model's steps, with the backbone's default class count
-        from .backbones.shapes import trace_shapes
-
-        backbone = spec.build(num_classes=None, pretrained=False)
-        model = ScanModel(backbone, [s.module for s in spec.split_points], int(backbone.num_classes), head,
-                          trace_shapes(backbone, size))
-    model.backbone_id = spec.id
-    return model.eval(), size

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +104,7 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
     if target_acc is not None:
         if not 0.0 < target_acc <= 1.0:
             raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
-        from .calibrating import calibrate_run
+        from .calibration.run import calibrate_run
 
         kwargs = {}
         if score is not None:
@@ -173,20 +172,14 @@ class PredictionReport:
         return 3 if self.predictions else 1
 
 
-def default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(4, cpus - 1))
-
-
 def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> int:
     """--workers, or by default min(4, CPUs - 1) decoding processes; none when every image fits in
     one batch, where a worker could overlap nothing and only adds its start-up time."""
+    from .data import default_num_workers
+
     if workers is not None:
         return workers
-    return default_workers() if num_images > batch_size else 0
+    return default_num_workers() if num_images > batch_size else 0
 
 
 def use_channels_last(mode: Optional[str], model) -> bool:
@@ -289,7 +282,7 @@ def summarize(predictions: list, num_errors: int, num_exits: int, costs: list, b
 
 # -- the whole command -----------------------------------------------------------------------------
 def load_for_prediction(run: Optional[str], device=None):
-    """(run_dir, model on device, info, transform, costs, backbone_macs) for a run folder."""
+    """(run_dir, model on device, info, transform, CascadeCosts, backbone_macs) for a run folder."""
     from .artifact import load
     from .data import eval_transform
     from .profiling import cascade_costs
@@ -298,8 +291,8 @@ def load_for_prediction(run: Optional[str], device=None):
     run_dir = resolve_run(run)
     model, info = load(model_path(run_dir), device=device or "cpu")
     transform = eval_transform(info.data_config, info.input_size)
-    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
-    return run_dir, model, info, transform, [float(c) for c in costs], float(backbone_macs)
+    costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    return run_dir, model, info, transform, costs, float(costs.backbone_macs)
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
@@ -322,8 +315,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
     policy = exit_policy(info, run_dir, model.num_exits, thresholds=thresholds, target_acc=target_acc,
                          score=score, fallback=fallback)
-    report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
-                           backbone_macs=backbone_macs, batch_size=batch_size,
+    report = predict_paths(model, paths, transform, policy, classes=info.classes,
+                           costs=costs.for_policy(policy.thresholds, policy.fallback), backbone_macs=backbone_macs, batch_size=batch_size,
                            workers=_workers_for(workers, len(paths), batch_size), device=dev,
                            top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model))
     report.summary["run"] = str(run_dir)

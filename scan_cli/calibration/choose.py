@@ -1,0 +1,196 @@
+"""`calibrate`: one operating point of the front for a target, and what it costs.
+
+Exactly one target: ``--target-acc`` (cheapest thresholds with validation accuracy >= target),
+``--max-drop`` (target = the last exit's accuracy minus the drop) or ``--budget`` (most accurate
+thresholds within a fraction of the backbone's MACs); ``--confidence`` certifies an accuracy
+target on future data instead (``guarantee.py``). The result carries a few operating points
+along the front for the table and the plot.
+
+Pure numpy: no torch, no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UsageError
+from .cascade import INF, CascadeData, TargetUnreachable, summarize
+from .guarantee import _certify
+from .search import DEFAULT_MAX_EVALUATIONS, Front, _polish, pareto_front
+
+
+@dataclass
+class CalibrationResult:
+    thresholds: list  # K entries: shallow thresholds (float, inf = never fires), last None
+    # (json.dumps writes inf as Infinity, which json.loads reads back; there is no inf in strict JSON)
+    val_accuracy: float
+    expected_cost: float  # mean MACs per image on the validation data
+    speedup: float  # backbone_cost / expected_cost
+    exit_shares: list
+    backbone_cost: float
+    n_val: int
+    target: dict
+    method: dict
+    pareto: list
+    guarantee: dict | None = None
+    front: Front | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "thresholds": list(self.thresholds),
+            "val_accuracy": self.val_accuracy,
+            "expected_cost": self.expected_cost,
+            "cost_fraction": self.expected_cost / self.backbone_cost,
+            "speedup": self.speedup,
+            "exit_shares": list(self.exit_shares),
+            "backbone_cost": self.backbone_cost,
+            "n_val": self.n_val,
+            "target": dict(self.target),
+            "method": dict(self.method),
+            "pareto": [dict(p, thresholds=list(p["thresholds"])) for p in self.pareto],
+            "guarantee": None if self.guarantee is None else dict(self.guarantee),
+        }
+
+
+def _operating_point(data, shallow, backbone_cost, label=None) -> dict:
+    s = summarize(data, shallow)
+    return {
+        "label": label,
+        "accuracy": s["accuracy"],
+        "cost": s["expected_cost"],  # mean MACs per image
+        "cost_fraction": s["expected_cost"] / backbone_cost,
+        "speedup": backbone_cost / s["expected_cost"] if s["expected_cost"] > 0 else INF,
+        "thresholds": [float(t) for t in shallow] + [None],
+    }
+
+
+def _summary_points(data, front, chosen, backbone_cost, count) -> list:
+    """~count operating points spread over the front's accuracy range, plus chosen and backbone."""
+    points = front.points()
+    accs = np.array([p["accuracy"] for p in points])
+    picks = []
+    for level in np.linspace(accs[0], accs[-1], max(count - 2, 2)):
+        picks.append(points[int(np.searchsorted(accs, level - 1e-12))]["thresholds"])
+    last = tuple([INF] * (data.K - 1))
+    keys = {tuple(float(t) for t in chosen), last}
+    out = [_operating_point(data, chosen, backbone_cost, "chosen")]
+    if len(keys) == 2:
+        out.append(_operating_point(data, last, backbone_cost, "last exit only"))
+    for t in picks:
+        if tuple(t) not in keys:
+            keys.add(tuple(t))
+            out.append(_operating_point(data, t, backbone_cost))
+    return sorted(out, key=lambda p: (p["cost"], p["accuracy"]))
+
+
+def calibrate(
+    data: CascadeData,
+    *,
+    target_acc: float | None = None,
+    max_drop: float | None = None,
+    budget: float | None = None,
+    confidence: float | None = None,
+    seed: int = 0,
+    backbone_cost: float | None = None,
+    max_evaluations: float = DEFAULT_MAX_EVALUATIONS,
+    n_points: int = 7,
+) -> CalibrationResult:
+    """Pick per-exit thresholds on validation outputs.
+
+    Exactly one of: ``target_acc`` (cheapest thresholds with validation accuracy >= target),
+    ``max_drop`` (target = accuracy of always answering at exit K-1, minus max_drop), ``budget``
+    (most accurate thresholds with expected cost <= budget * backbone_cost). ``backbone_cost`` is
+    the plain backbone's MACs (default: costs[K-1]). ``confidence`` (accuracy targets only)
+    certifies the target on future data instead of only on validation (see ``_certify``).
+    """
+    if sum(v is not None for v in (target_acc, max_drop, budget)) != 1:
+        raise UsageError("give exactly one of --target-acc, --max-drop or --budget")
+    if target_acc is not None and not (0.0 < target_acc <= 1.0):
+        raise UsageError(f"--target-acc must be an accuracy in (0, 1], got {target_acc}")
+    if max_drop is not None and not (0.0 <= max_drop < 1.0):
+        raise UsageError(f"--max-drop must be an accuracy drop in [0, 1), got {max_drop}")
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget must be a positive fraction of the backbone's MACs, got {budget}")
+    if confidence is not None:
+        if budget is not None:
+            raise UsageError("--confidence certifies an accuracy target: use it with --target-acc or --max-drop")
+        if not (0.0 < confidence < 1.0):
+            raise UsageError(f"--confidence must be in (0, 1), e.g. 0.95, got {confidence}")
+    backbone_cost = float(data.costs[-1] if backbone_cost is None else backbone_cost)
+    if not backbone_cost > 0:
+        raise UsageError(f"the backbone cost must be positive, got {backbone_cost}")
+    n = data.n
+    reference = float(data.correct[:, -1].mean())
+    if budget is not None:
+        target = {"mode": "budget", "budget": budget, "cost_limit": budget * backbone_cost}
+    elif max_drop is not None:
+        target = {"mode": "max_drop", "max_drop": max_drop, "reference_accuracy": reference,
+                  "accuracy_target": reference - max_drop}
+    else:
+        target = {"mode": "target_acc", "accuracy_target": target_acc}
+
+    guarantee = None
+    front = pareto_front(data, max_evaluations)
+    best_c = front.max_correct
+    if confidence is not None:
+        shallow, guarantee = _certify(data, confidence, seed, max_evaluations, target_acc, max_drop)
+        target["accuracy_target"] = guarantee["accuracy_bound"]
+        if max_drop is not None:
+            target["reference_accuracy"] = guarantee["reference_accuracy"]
+        c_index = None
+    elif budget is not None:
+        limit = budget * backbone_cost * (1 + 1e-12)
+        fits = np.flatnonzero(front.cost <= limit)
+        if fits.size == 0:
+            raise TargetUnreachable(
+                f"no thresholds fit a budget of {budget:g} x the backbone's MACs: the cheapest (every image "
+                f"leaves at exit 1) costs {front.cost[0] / backbone_cost:.4f} x; raise --budget"
+            )
+        c_index = int(fits[-1])
+    else:
+        goal = target["accuracy_target"]
+        c_index = front.index_for(goal)
+        if c_index > best_c:
+            grid_note = "" if front.exact else (
+                f" (grid search: the exact best may be up to {front.slack / n:.4f} higher; raise max_evaluations)"
+            )
+            raise TargetUnreachable(
+                f"accuracy {goal:.4f} is not reachable on the {n} validation images: the best attainable is "
+                f"{best_c / n:.4f} at {front.cost[best_c] / backbone_cost:.4f} x the backbone's MACs{grid_note}; "
+                "lower --target-acc"
+            )
+    method = {"search": "exact" if front.exact else "grid", "evaluations": front.evaluations,
+              "candidates_per_exit": front.grid_sizes}
+    if c_index is not None:
+        shallow = front.thresholds[c_index]
+        gap = float(front.gap_bound[c_index])  # how far above the optimum the cost can be (0 when exact)
+        if not front.exact and budget is None:
+            # Grid point -> local pair descent with exact thresholds; the certificate still holds:
+            # OPT(c) >= grid cost at c - slack, and polishing only lowers the cost.
+            shallow = _polish(data, shallow, c_index, width=int(np.clip(max_evaluations // (4 * n), 128, 4096)))
+            method["grid_cost"] = float(front.cost[c_index])
+            polished = summarize(data, shallow)["expected_cost"]
+            gap = max(0.0, polished - float(front.cost[max(c_index - front.slack, 0)]))
+        method["gap_bound"] = gap
+        method["gap_bound_fraction"] = gap / backbone_cost
+    point = summarize(data, shallow)
+    if not front.exact:
+        method["rounding_loss_bound"] = front.slack
+        if budget is not None:  # the optimum within the budget is at most this much more accurate
+            method["accuracy_gap_bound"] = front.slack / n
+    return CalibrationResult(
+        thresholds=[float(t) for t in shallow] + [None],
+        val_accuracy=point["accuracy"],
+        expected_cost=point["expected_cost"],
+        speedup=backbone_cost / point["expected_cost"] if point["expected_cost"] > 0 else INF,
+        exit_shares=point["exit_shares"],
+        backbone_cost=backbone_cost,
+        n_val=n,
+        target=target,
+        method=method,
+        pareto=_summary_points(data, front, shallow, backbone_cost, n_points),
+        guarantee=guarantee,
+        front=front,
+    )

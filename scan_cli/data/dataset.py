@@ -1,0 +1,224 @@
+"""What a source returns (`DataSplits`), and map-style datasets of (image, label) that decode
+lazily and survive undecodable images.
+
+Damage only full decoding finds (a truncated JPEG) and damaged rows in `datasets` sources (not
+checked up front: that would mean decoding the whole set) are handled when read: the item is
+replaced by the next decodable one of the same dataset (with its own label) and a warning names
+the file, so a DataLoader never crashes on one bad image. Image folders are also checked when
+indexed (see `folder.py`); what that check leaves out is counted in `SkippedImages`.
+
+Nothing here imports torch at module level: torch's DataLoader only needs __len__ and __getitem__.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from ..errors import ScanError
+from ..images import describe_error, open_rgb, to_rgb
+
+log = logging.getLogger(__name__)
+
+MAX_SKIP_EXAMPLES = 5
+
+
+@dataclass
+class SkippedImages:
+    """Images left out because they could not be decoded: how many and a few (path, reason)."""
+
+    count: int = 0
+    examples: list = field(default_factory=list)
+
+    def add(self, path, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_SKIP_EXAMPLES:
+            self.examples.append((str(path), reason))
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def summary(self) -> str:
+        """One line, e.g. "skipped 2 undecodable images (e.g. a/b.jpg: truncated image)"."""
+        if not self.count:
+            return "no undecodable images"
+        first = "; ".join(f"{p}: {r}" for p, r in self.examples[:2])
+        noun = "image" if self.count == 1 else "images"
+        return f"skipped {self.count} undecodable {noun} (e.g. {first})"
+
+
+@dataclass
+class DataSplits:
+    """What `load_data` returns.
+
+    train / val / test: datasets of (image tensor [3, H, W], label int); None for a split not
+    asked for in `splits` (and `test` when the source has no labelled test split).
+    split_sizes: number of examples per built split; None as a value for a streamed split.
+    skipped: undecodable images left out at load time (image folders; see `folder.py`).
+    val_from_train: True when validation was held out of the training data.
+    data_config: the timm data config the transforms used (img_size and source tweaks applied).
+    """
+
+    train: object
+    val: object
+    test: object
+    classes: list
+    source: str
+    split_sizes: dict
+    skipped: SkippedImages = field(default_factory=SkippedImages)
+    val_from_train: bool = False
+    streaming: bool = False
+    data_config: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def of(cls, built: dict, *, classes: list, source: str, data_config: dict, streaming: bool = False,
+           **extra) -> "DataSplits":
+        """The splits a source built ({split: dataset}); sizes counted, None for streamed splits."""
+        return cls(
+            train=built.get("train"),
+            val=built.get("val"),
+            test=built.get("test"),
+            classes=classes,
+            source=source,
+            split_sizes={s: None if streaming else len(d) for s, d in built.items()},
+            streaming=streaming,
+            data_config=data_config,
+            **extra,
+        )
+
+
+class _RobustImages:
+    """Base for map-style datasets that decode lazily: an item that fails to decode is replaced
+    by the next decodable one (with that one's label) and a warning names it once per process."""
+
+    _max_tries = 32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _decode(self, i: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _name(self, i: int) -> str:
+        return f"item {i}"
+
+    def __getitem__(self, index: int):
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        for step in range(min(n, self._max_tries)):
+            i = (index + step) % n
+            try:
+                img = self._decode(i)
+            except Exception as exc:  # noqa: BLE001 - a bad image must not kill the DataLoader
+                self._warn(i, exc)
+                continue
+            x = self.transform(img) if self.transform is not None else img
+            return x, int(self.labels[i])
+        raise ScanError(
+            f"{self._max_tries} consecutive images around {self._name(index)} cannot be decoded: check the data"
+        )
+
+    def _warn(self, i, exc) -> None:
+        warned = self.__dict__.setdefault("_warned", set())
+        if i not in warned:
+            warned.add(i)
+            log.warning("skipping undecodable image %s: %s", self._name(i), describe_error(exc))
+
+
+class ArrayImages(_RobustImages):
+    """Images held in a uint8 array [N, H, W] (grayscale) or [N, H, W, 3], with int labels.
+    `source_indices`: the rows of the original source these items are (digits: load_digits rows)."""
+
+    def __init__(self, images, labels, transform=None, source_indices=None):
+        import numpy as np
+
+        self.images = np.asarray(images)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.source_indices = np.arange(len(self.labels)) if source_indices is None else np.asarray(source_indices)
+
+    def _decode(self, i):
+        from PIL import Image
+
+        return to_rgb(Image.fromarray(self.images[i]))
+
+
+class FileImages(_RobustImages):
+    """Image files with labels: samples = [(path, label)]."""
+
+    def __init__(self, samples, transform=None):
+        import numpy as np
+
+        self.paths = [str(p) for p, _ in samples]
+        self.labels = np.asarray([int(lab) for _, lab in samples], dtype=np.int64)
+        self.transform = transform
+
+    @property
+    def samples(self):
+        return list(zip(self.paths, self.labels.tolist()))
+
+    def _decode(self, i):
+        return open_rgb(self.paths[i])
+
+    def _name(self, i):
+        return self.paths[i]
+
+
+class HFImages(_RobustImages):
+    """Rows of a map-style `datasets.Dataset` (image column read undecoded, decoded here),
+    restricted to `indices`, with labels already mapped to class indices."""
+
+    def __init__(self, hf_dataset, image_column: str, indices, labels, transform=None):
+        import numpy as np
+
+        self.hf = hf_dataset
+        self.image_column = image_column
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def _decode(self, i):
+        return value_to_pil(self.hf[int(self.indices[i])][self.image_column])
+
+    def _name(self, i):
+        return f"row {int(self.indices[i])}"
+
+
+def value_to_pil(value):
+    """An image column value (PIL image, {'bytes','path'} dict, bytes, path, or pixel array) as RGB."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        value.load()
+        return to_rgb(value)
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return open_rgb(value["bytes"])
+        if value.get("path"):
+            return open_rgb(value["path"])
+        raise ValueError("empty image entry (no bytes and no path)")
+    if isinstance(value, (bytes, bytearray, memoryview, str, os.PathLike)):
+        return open_rgb(value)
+    if value is None:
+        raise ValueError("missing image")
+    import numpy as np
+
+    arr = np.asarray(value)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return to_rgb(Image.fromarray(arr))

@@ -1,0 +1,160 @@
+"""The image-folder source: `root/<class>/...`, or the ImageNet layout `root/train/<class>/...`.
+
+In the flat layout validation is held out of the folder (`holdout.holdout`, keyed by relative
+path). In the ImageNet layout `root/val` (or `validation`, `valid`) and `root/test` hold the same
+class sub-folders as `root/train`. Images are found recursively inside each class folder; hidden
+files and folders are skipped.
+
+Undecodable images: every file is opened and `verify()`-ed in a thread pool when indexed
+(`check_images=True`); failures are left out, counted in `DataSplits.skipped` and reported with a
+warning. Damage only full decoding finds is handled when read (see `dataset.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import ScanError
+from ..images import IMAGE_EXTENSIONS, _walk_images, describe_error, is_image_file
+from .dataset import DataSplits, FileImages, SkippedImages
+from .holdout import holdout
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+VAL_FOLDER_NAMES = ("val", "validation", "valid")
+
+
+def _class_folders(folder: Path):
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name) and not p.name.startswith("."))
+    return subdirs, loose
+
+
+def _list_with_classes(folder: Path, classes: list, role: str):
+    """[(path, label)] for a val/test folder that must hold exactly the train classes.
+    Returns None for a test folder of unlabelled loose images (ignored with a warning)."""
+    subdirs, loose = _class_folders(folder)
+    names = [d.name for d in subdirs]
+    if not subdirs:
+        if loose and role == "test":
+            log.warning("ignoring %s: its images are not in class sub-folders (unlabelled)", folder)
+            return None
+        if loose:
+            raise ScanError(
+                f"{folder} holds images but no class sub-folders: sort them into {folder}/<class>/ "
+                "(for ImageNet's val set, e.g. with valprep.sh)"
+            )
+    missing = [c for c in classes if c not in names]
+    extra = [c for c in names if c not in classes]
+    if missing or extra:
+        bits = []
+        if missing:
+            bits.append("missing class " + ", ".join(f"'{c}'" for c in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            bits.append("extra class " + ", ".join(f"'{c}'" for c in extra[:5]) + (" ..." if len(extra) > 5 else ""))
+        raise ScanError(f"{role} folder {folder} does not match the train classes ({'; '.join(bits)}): give it the same class sub-folders as train")
+    if loose:
+        log.warning("ignoring %d images directly in %s (not in a class sub-folder)", len(loose), folder)
+    index = {c: i for i, c in enumerate(classes)}
+    return [(p, index[d.name]) for d in subdirs for p in _walk_images(d)]
+
+
+def _check_file(path) -> str | None:
+    from PIL import Image
+
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.verify()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return describe_error(exc)
+
+
+def _verify(samples, skipped: SkippedImages):
+    """samples without the files that fail PIL's open + verify (checked in a thread pool)."""
+    if not samples:
+        return samples
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(32, 4 * (os.cpu_count() or 1), len(samples))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        errors = list(pool.map(_check_file, [p for p, _ in samples], chunksize=64))
+    good = []
+    for (path, label), err in zip(samples, errors):
+        if err is None:
+            good.append((path, label))
+        else:
+            skipped.add(path, err)
+    return good
+
+
+def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_images) -> DataSplits:
+    train_dir, val_dir, test_dir = root, None, None
+    if (root / "train").is_dir():
+        train_dir = root / "train"
+        val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+        test_dir = root / "test" if (root / "test").is_dir() else None
+        others = [d.name for d in _class_folders(root)[0] if d.name not in ("train", "test") + VAL_FOLDER_NAMES]
+        if others:
+            log.warning("ignoring folders next to train/ in %s: %s", root, ", ".join(others))
+
+    subdirs, loose = _class_folders(train_dir)
+    exts = " ".join(IMAGE_EXTENSIONS)
+    if not subdirs:
+        if loose:
+            raise ScanError(f"{train_dir} holds images but no class sub-folders: put them in {train_dir}/<class>/")
+        raise ScanError(f"no images found in {train_dir} (looked for {exts} in class sub-folders)")
+    classes = [d.name for d in subdirs]
+    samples = []
+    empty = []
+    for label, d in enumerate(subdirs):
+        files = _walk_images(d)
+        if not files:
+            empty.append(d.name)
+        samples += [(p, label) for p in files]
+    if not samples:
+        raise ScanError(f"no images found in {train_dir} (looked for {exts} in class sub-folders)")
+    if len(classes) < 2:
+        raise ScanError(f"only one class ('{classes[0]}') in {train_dir}: a classifier needs at least two class sub-folders")
+    if empty:
+        raise ScanError(
+            f"class folder(s) {', '.join(repr(e) for e in empty[:5])} in {train_dir} hold no images "
+            f"(looked for {exts}): add images or remove them"
+        )
+    if loose:
+        log.warning("ignoring %d images directly in %s (not in a class sub-folder)", len(loose), train_dir)
+
+    skipped = SkippedImages()
+    val_samples = _list_with_classes(val_dir, classes, "validation") if val_dir is not None else None
+    test_samples = _list_with_classes(test_dir, classes, "test") if test_dir is not None else None
+    val_from_train = val_samples is None
+    if check_images:
+        if "train" in splits or (val_from_train and "val" in splits):
+            samples = _verify(samples, skipped)
+        if val_samples is not None and "val" in splits:
+            val_samples = _verify(val_samples, skipped)
+        if test_samples is not None and "test" in splits:
+            test_samples = _verify(test_samples, skipped)
+    if skipped:
+        log.warning("%s", skipped.summary())
+    if val_from_train:
+        keys = [Path(p).relative_to(train_dir).as_posix() for p, _ in samples]
+        keep, held = holdout([lab for _, lab in samples], keys, val_fraction, seed)
+        samples, val_samples = [samples[i] for i in keep], [samples[i] for i in held]
+
+    ev = eval_transform(cfg)
+    tr = train_transform(cfg, kind, hflip=True if hflip is None else hflip)
+    built = {}
+    if "train" in splits:
+        built["train"] = FileImages(samples, tr)
+    if "val" in splits:
+        built["val"] = FileImages(val_samples, ev)
+    if "test" in splits and test_samples:
+        built["test"] = FileImages(test_samples, ev)
+    return DataSplits.of(built, classes=classes, source=f"folder {root}", data_config=cfg, skipped=skipped,
+                         val_from_train=val_from_train)

@@ -1,0 +1,139 @@
+"""Streamed splits: a `datasets.IterableDataset` as a torch IterableDataset of (tensor, label).
+
+Streaming (`--streaming`, Hub ids and parquet/arrow files; map-style sources ignore it) gives
+splits of unknown length. Validation held out of a streamed train set uses the seeded content
+hash of `holdout.in_stream_holdout`. Sharding: `make_loader` hands each DDP rank its part with
+`datasets.distributed.split_dataset_by_node` (whole shards when the shard count divides the world
+size, else every world_size-th example), and inside a rank `datasets` gives each DataLoader worker
+its own shards (workers are capped at the shard count). Every example is read by exactly one
+(rank, worker); ranks can differ by a few examples, so a DDP loop must tolerate uneven ends.
+Streamed examples that do not decode are dropped with a warning.
+
+`StreamingImages` subclasses a torch class, so it is built on first use (PEP 562 `__getattr__`)
+and this module does not import torch at module level; it still pickles by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+from ..images import describe_error
+from .dataset import MAX_SKIP_EXAMPLES, value_to_pil
+from .holdout import in_stream_holdout
+
+log = logging.getLogger(__name__)
+
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+def _example_key(value) -> bytes:
+    """Bytes identifying an image value, for the streamed hold-out hash."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"])
+        return str(value.get("path")).encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        return str(value).encode()
+    try:
+        from PIL import Image
+
+        if isinstance(value, Image.Image):
+            return value.tobytes()
+    except Exception:  # pragma: no cover
+        pass
+    import numpy as np
+
+    return np.asarray(value).tobytes()
+
+
+def _build_streaming_class():
+    import torch.utils.data
+
+    class StreamingImages(torch.utils.data.IterableDataset):
+        """A streamed `datasets.IterableDataset` as a torch IterableDataset of (tensor, label).
+
+        holdout=(fraction, seed, side): keep only the 'train' or 'val' side of the seeded
+        content-hash hold-out (`holdout.in_stream_holdout`). `configured(...)` returns a copy set up for
+        one epoch of one rank (make_loader calls it): optional buffered shuffle seeded by
+        seed + epoch, then split_dataset_by_node for DDP; DataLoader workers get disjoint shards
+        from `datasets` itself.
+        """
+
+        def __init__(self, hf_dataset, image_column, label_column, transform=None, holdout=None, label_map=None):
+            super().__init__()
+            self.hf = hf_dataset
+            self.image_column = image_column
+            self.label_column = label_column
+            self.transform = transform
+            self.holdout = holdout
+            self.label_map = label_map
+            self.shuffle = False
+            self.seed = 0
+            self.epoch = 0
+            self.rank = 0
+            self.world_size = 1
+            self.shuffle_buffer = STREAM_SHUFFLE_BUFFER
+
+        @property
+        def num_shards(self) -> int:
+            return int(getattr(self.hf, "num_shards", 1) or 1)
+
+        def configured(self, *, shuffle=False, seed=0, epoch=0, rank=0, world_size=1):
+            other = copy.copy(self)
+            other.shuffle, other.seed, other.epoch = bool(shuffle), int(seed), int(epoch)
+            other.rank, other.world_size = int(rank), int(world_size)
+            return other
+
+        def _in_side(self, value) -> bool:
+            fraction, seed, side = self.holdout
+            is_val = in_stream_holdout(_example_key(value), fraction, seed)
+            return is_val if side == "val" else not is_val
+
+        def __iter__(self):
+            ds = self.hf
+            if self.shuffle:
+                ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+                ds.set_epoch(self.epoch)
+            if self.world_size > 1:
+                from datasets.distributed import split_dataset_by_node
+
+                ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+            bad = 0
+            for example in ds:
+                label = example[self.label_column]
+                if self.label_map is not None:
+                    label = self.label_map.get(label, -1)
+                if label is None or int(label) < 0:
+                    continue
+                value = example[self.image_column]
+                if self.holdout is not None and not self._in_side(value):
+                    continue
+                try:
+                    img = value_to_pil(value)
+                except Exception as exc:  # noqa: BLE001
+                    bad += 1
+                    if bad <= MAX_SKIP_EXAMPLES:
+                        log.warning("skipping undecodable streamed image: %s", describe_error(exc))
+                    continue
+                yield (self.transform(img) if self.transform is not None else img), int(label)
+
+    StreamingImages.__module__ = __name__
+    StreamingImages.__qualname__ = "StreamingImages"
+    return StreamingImages
+
+
+def __getattr__(name):  # PEP 562: torch-based classes are built on first use (and pickle by name)
+    if name == "StreamingImages":
+        cls = _build_streaming_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def streaming_class():
+    """The StreamingImages class (built, and torch imported, on first use)."""
+    return globals().get("StreamingImages") or __getattr__("StreamingImages")

@@ -1,0 +1,132 @@
+"""Transforms: a timm data config -> the eval transform and the training transforms.
+
+Every transform first turns any PIL mode into RGB (`EnsureRGB`), so grayscale, RGBA and palette
+images need no special case anywhere else. Imports timm/torchvision inside functions only.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from ..images import to_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_DATA_CONFIG = {
+    "input_size": (3, 224, 224),
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+TRAIN_TRANSFORMS = ("rrc", "pad_crop", "none")
+
+
+def effective_data_config(data_config: dict | None, img_size: int | None = None) -> dict:
+    """A full copy of a timm data config: missing keys filled from DEFAULT_DATA_CONFIG and
+    `input_size` set to (3, img_size, img_size) when img_size is given."""
+    cfg = dict(DEFAULT_DATA_CONFIG)
+    cfg.update({k: v for k, v in (data_config or {}).items() if v is not None})
+    size = cfg["input_size"]
+    if isinstance(size, int):
+        size = (3, size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) == 2:
+        size = (3,) + size
+    if img_size is not None:
+        if int(img_size) < 1:
+            raise UsageError(f"image size must be a positive number of pixels, got {img_size}")
+        size = (3, int(img_size), int(img_size))
+    cfg["input_size"] = size
+    cfg["mean"] = tuple(float(m) for m in cfg["mean"])
+    cfg["std"] = tuple(float(s) for s in cfg["std"])
+    if len(cfg["mean"]) == 1:
+        cfg["mean"] = cfg["mean"] * 3
+    if len(cfg["std"]) == 1:
+        cfg["std"] = cfg["std"] * 3
+    return cfg
+
+
+class EnsureRGB:
+    """Transform step: any PIL image -> RGB (a no-op for RGB images; tensors pass through)."""
+
+    def __call__(self, img):
+        return to_rgb(img) if hasattr(img, "mode") else img
+
+    def __repr__(self) -> str:
+        return "EnsureRGB()"
+
+
+def _with_rgb(transform):
+    steps = getattr(transform, "transforms", None)
+    if isinstance(steps, list) and not (steps and isinstance(steps[0], EnsureRGB)):
+        steps.insert(0, EnsureRGB())
+    return transform
+
+
+def _interp(name: str):
+    from timm.data.transforms import str_to_interp_mode
+
+    if name in (None, "random"):
+        name = "bilinear"
+    return str_to_interp_mode(name)
+
+
+def eval_transform(data_config: dict | None, img_size: int | None = None):
+    """Deterministic transform: (any PIL mode -> RGB,) resize the shorter side to H / crop_pct, center-crop to H x W,
+    to tensor, normalize (timm's create_transform, is_training=False). crop_pct=1.0 means just
+    resize (used for digits, where cropping 8x8 images makes no sense)."""
+    from timm.data import create_transform
+
+    cfg = effective_data_config(data_config, img_size)
+    return _with_rgb(create_transform(
+        input_size=cfg["input_size"],
+        is_training=False,
+        interpolation=cfg["interpolation"] if cfg["interpolation"] != "random" else "bilinear",
+        mean=cfg["mean"],
+        std=cfg["std"],
+        crop_pct=cfg.get("crop_pct"),
+        crop_mode=cfg.get("crop_mode") or "center",
+    ))
+
+
+def train_transform(data_config: dict | None, kind: str = "rrc", img_size: int | None = None, hflip: bool = True):
+    """Training transform.
+
+    rrc: random-resized-crop (scale 0.08..1) + horizontal flip, no colour jitter or auto-augment
+    (timm create_transform, is_training=True). pad_crop: resize to H, random crop H with H//8
+    zero padding + flip (the paper's CIFAR recipe). none: the eval transform.
+    hflip=False leaves out the flip (digits are not mirror-symmetric).
+    """
+    cfg = effective_data_config(data_config, img_size)
+    kind = (kind or "none").lower()
+    if kind == "none":
+        return eval_transform(cfg)
+    _, h, w = cfg["input_size"]
+    if kind == "rrc":
+        from timm.data import create_transform
+
+        return _with_rgb(create_transform(
+            input_size=cfg["input_size"],
+            is_training=True,
+            hflip=0.5 if hflip else 0.0,
+            color_jitter=None,
+            auto_augment=None,
+            re_prob=0.0,
+            interpolation=cfg["interpolation"] or "bilinear",
+            mean=cfg["mean"],
+            std=cfg["std"],
+        ))
+    if kind == "pad_crop":
+        from torchvision import transforms as T
+
+        steps = [
+            EnsureRGB(),
+            T.Resize((h, w), interpolation=_interp(cfg["interpolation"])),
+            T.RandomCrop((h, w), padding=max(h, w) // 8),
+        ]
+        if hflip:
+            steps.append(T.RandomHorizontalFlip())
+        steps += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+        return T.Compose(steps)
+    raise UsageError(f"unknown train transform '{kind}': use one of {', '.join(TRAIN_TRANSFORMS)}")

@@ -1,0 +1,55 @@
+"""Profiling: what an exit costs, counted (`macs.py`) and measured (`latency.py`).
+
+| module | job |
+|---|---|
+| `macs.py` | fvcore MAC counts per piece, the cumulative cost per exit, caching per artifact, expected cost |
+| `latency.py` | wall time per exit vs the plain backbone, and the real cascade on validation images |
+
+The names below are re-exported so callers write `profiling.cascade_costs(...)`. Neither module
+imports torch or fvcore at module level.
+"""
+
+from __future__ import annotations
+
+from .latency import (
+    CascadeTiming,
+    LatencyReport,
+    Timing,
+    measure_cascade,
+    measure_latency,
+    plain_backbone,
+    run_to_exit,
+)
+from .macs import (
+    CACHE_SCHEMA,
+    DATA_MOVEMENT_OPS,
+    ELEMENTWISE_OPS,
+    NOTES,
+    UNITS,
+    ExitCost,
+    ExpectedCost,
+    MacReport,
+    PieceCount,
+    baddbmm_macs,
+    calibration_error,
+    CascadeCosts,
+    cascade_costs,
+    classify_op,
+    count_macs,
+    count_piece,
+    default_handles,
+    expected_cost,
+    profile_macs,
+    run_cache_path,
+    run_macs,
+    sdpa_macs,
+    structure_key,
+)
+
+__all__ = [
+    "CACHE_SCHEMA", "DATA_MOVEMENT_OPS", "ELEMENTWISE_OPS", "NOTES", "UNITS",
+    "CascadeCosts", "CascadeTiming", "ExitCost", "ExpectedCost", "LatencyReport", "MacReport", "PieceCount", "Timing",
+    "baddbmm_macs", "calibration_error", "cascade_costs", "classify_op", "count_macs", "count_piece",
+    "default_handles", "expected_cost", "measure_cascade", "measure_latency", "plain_backbone",
+    "profile_macs", "run_cache_path", "run_macs", "run_to_exit", "sdpa_macs", "structure_key",
+]
