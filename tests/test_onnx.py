@@ -32,14 +32,15 @@ DATA_CONFIG = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25], "interpolatio
                "crop_pct": 0.9, "crop_mode": "center"}
 TOL = 1e-4
 
-# id, image size, variant. skip: shallow exits (0-based) that never fire (exported without a head);
+# id, image size, variant. heads: the preset (default "slim", what `scan fit` builds: attention inside
+# the head at the last stage's resolution); skip: shallow exits (0-based) that never fire (exported without a head);
 # splits: how many of the default split points to use (fewer pieces = a faster export; every kind of
 # piece is still there: stem + section + exit, section + exit, section + the backbone's head).
 FAMILIES = {
     "test_resnet": (48, dict(fmt="onnx-full")),  # all 4 exits; also the engine's own tests below
     "test_efficientnet": (32, dict(splits=2, score="margin")),
     "mobilenetv3_small_050": (32, dict(splits=2, skip=(0,))),
-    "test_convnext": (32, dict(splits=2, score="neg_entropy")),
+    "test_convnext": (32, dict(splits=2, score="neg_entropy", heads="paper")),  # full-width attention on the split
     "regnetx_002": (32, dict(splits=2, skip=(1,))),
     "test_vit": (32, dict(splits=2, skip=(1,), fallback="ensemble")),  # the ensemble keeps every head
     "tv_resnet18": (32, dict(splits=2, skip=(1,))),  # the scan-torchvision plugin
@@ -127,8 +128,8 @@ def build_case(backbone, tmp_path_factory, images) -> Case:
     registry = default_registry()
     spec = registry.get(backbone)
     splits = [s.module for s in spec.split_points][: variant.get("splits", 3)]
-    model = build_scan_model(spec, num_classes=len(CLASSES), head=HeadConfig(), input_size=size,
-                             split_modules=splits).eval()
+    model = build_scan_model(spec, num_classes=len(CLASSES), head=HeadConfig.preset(variant.get("heads", "slim")),
+                             input_size=size, split_modules=splits).eval()
     config = dict(DATA_CONFIG, input_size=[3, size, size])
     info = artifact.info_for(model, spec, registry, classes=CLASSES, data_config=config, input_size=size)
     folder, paths = images
