@@ -1,9 +1,10 @@
 """Every exit's outputs over a dataset: logits and labels for fit's validation metrics and for
-calibrate/evaluate (cached per artifact in the run folder), and their per-exit correctness for the
-threshold search."""
+calibrate/evaluate (cached per artifact in the run folder), their per-exit correctness for the
+threshold search, per-exit accuracy, and the warning when an earlier exit beats the last one."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -27,37 +28,102 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
-    """Exit logits for a split, computed once per artifact and stored in run_dir/cache/."""
-    from safetensors.torch import load_file, save_file
-
-    from .artifact import artifact_fingerprint, atomic_write
+def cache_path(run_dir: Path, split: str) -> Path:
+    from .artifact import artifact_fingerprint
     from .runs import model_path
 
-    fingerprint = artifact_fingerprint(model_path(run_dir))
-    cache = Path(run_dir) / CACHE_DIR / f"{split}-outputs-{fingerprint}.safetensors"
-    if cache.is_file():
-        tensors = load_file(str(cache))
+    return Path(run_dir) / CACHE_DIR / f"{split}-outputs-{artifact_fingerprint(model_path(run_dir))}.safetensors"
+
+
+def read_cached_outputs(run_dir: Path, split: str):
+    """numpy (logits [n, K, C], labels [n]) cached for this artifact, or None (reads no torch)."""
+    path = cache_path(run_dir, split)
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
         return tensors["logits"], tensors["labels"]
+    except Exception:  # a damaged cache is recomputed
+        return None
+
+
+def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
+    """Exit logits for a split (numpy), computed once per artifact and stored in run_dir/cache/."""
+    cached = read_cached_outputs(run_dir, split)
+    if cached is not None:
+        return cached
+    from safetensors.torch import save_file
+
+    from .artifact import atomic_write
+
+    path = cache_path(run_dir, split)
     logits, labels = collect_exit_outputs(model, make_loader(), device=device, progress=f"{split} exits")
-    atomic_write(cache, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
-                                              str(tmp), metadata={"artifact": fingerprint, "split": split}))
-    return logits, labels
+    atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
+                                             str(tmp), metadata={"split": split}))
+    return logits.numpy(), labels.numpy()
 
 
 def exit_correctness(logits, labels, score: str = "max_softmax", fallback: str = "last"):
-    """numpy (scores [n, K], correct [n, K]) for the calibration search.
+    """numpy (scores [n, K], correct [n, K]) for the calibration search, from numpy or torch outputs.
 
     Column K-1 of ``correct`` is the answer an image gets when it reaches the end: the last
     exit's prediction, or the mean of all exits' logits with fallback='ensemble'."""
-    import torch
+    import numpy as np
 
     from .scoring import confidence
 
+    logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
+    labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
     n, K, _ = logits.shape
-    scores = torch.stack([confidence(logits[:, k], score) for k in range(K)], dim=1)
-    preds = logits.argmax(dim=-1)
+    scores = np.stack([confidence(logits[:, k], score) for k in range(K)], axis=1)
+    preds = logits.argmax(axis=-1)
     if fallback == "ensemble":
-        preds[:, K - 1] = logits.mean(dim=1).argmax(dim=-1)
-    correct = preds == labels[:, None]
-    return scores.numpy(), correct.numpy()
+        preds[:, K - 1] = logits.mean(axis=1).argmax(axis=-1)
+    return scores, preds == labels[:, None]
+
+
+def exit_accuracies(logits, labels) -> dict:
+    """Per-exit accuracy and the ensemble (mean logits), from [n, K, C] logits (numpy or torch)."""
+    import numpy as np
+
+    logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
+    labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
+    per_exit = (logits.argmax(-1) == labels[:, None]).mean(0).tolist()
+    ensemble = float((logits.mean(1).argmax(-1) == labels).mean())
+    return {"exits": per_exit, "ensemble": ensemble, "n": int(len(labels))}
+
+
+def exits_beating_last(logits, labels, z: float = 2.0) -> list[dict]:
+    """Shallow exits more accurate than the last one by more than noise: a paired sign test on the
+    images where exactly one of the two is right (b: only exit k, c: only the last), flagged when
+    b - c > z * sqrt(b + c)."""
+    import numpy as np
+
+    logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
+    labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
+    right = logits.argmax(-1) == labels[:, None]
+    last = right[:, -1]
+    out = []
+    for k in range(logits.shape[1] - 1):
+        b = int((right[:, k] & ~last).sum())
+        c = int((~right[:, k] & last).sum())
+        if b + c and b - c > z * math.sqrt(b + c):
+            out.append({"exit": k + 1, "accuracy": float(right[:, k].mean()),
+                        "last_accuracy": float(last.mean()), "only_this": b, "only_last": c})
+    return out
+
+
+def exit_order_warning(logits, labels, split: str = "validation") -> Optional[str]:
+    """One line for people when an earlier exit beats the last one beyond noise, else None."""
+    found = exits_beating_last(logits, labels)
+    if not found:
+        return None
+    K = logits.shape[1]
+    best = max(found, key=lambda f: f["accuracy"])
+    return (f"exit {best['exit']}/{K} is more accurate than the last exit on {split} data "
+            f"({100 * best['accuracy']:.1f} % vs {100 * best['last_accuracy']:.1f} %; {best['only_this']} images only it "
+            f"gets right, {best['only_last']} only the last): --max-drop is measured against the last exit, so it "
+            "promises little here. Try more --epochs, the default loss (--loss scan), or training on a trained "
+            "backbone (--weights FILE --mode heads)")

@@ -245,7 +245,7 @@ def test_target_acc_override(run_cli, run, images, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     code, doc, err = predict_json(run_cli, images, "--run", run, "--target-acc", "0.97")
-    assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False})]
+    assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False, "device": "cpu"})]  # --device is passed on
     assert {p["exit"] for p in doc["predictions"]} == {3}
     assert "from --target-acc 0.97" in err
 

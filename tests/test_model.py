@@ -43,7 +43,6 @@ def test_slim_attention_gates_the_reduced_features(monkeypatch):
     head = slim.heads[1]
     monkeypatch.setattr(head.attention, "forward", lambda x: seen.append(tuple(x.shape)) or x)
     slim(torch.randn(2, 3, 64, 64))
-    final = slim(torch.randn(1, 3, 64, 64))  # noqa: F841
     assert seen[0][1] == head.body[3].out_channels and seen[0][2] == 2  # the last stage's resolution (64 / 32)
 
 

@@ -48,5 +48,4 @@ def test_calibrate_and_evaluate_report_switched_off_costs(run_cli, trained_run):
     expected = sum(s * c for s, c in zip(doc["exit_shares"], doc["exit_macs"]))
     assert doc["expected_macs"] == pytest.approx(expected)
     if off:  # a switched-off exit leaves its head out of every later exit's cost
-        k = off[0]
         assert doc["exit_macs"][-1] <= doc["backbone_macs"] + sum(h for j, h in enumerate(doc["head_macs"]) if j not in off) + 1

@@ -14,23 +14,38 @@ from typing import Optional
 from ..errors import UsageError
 
 
-def split_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
-    """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
+def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
+    """numpy ([n, K, C] logits, [n] labels) of ``split``, cached per artifact when the run's own data is
+    used. The model and the data are only loaded on a cache miss (a cached run needs no torch)."""
+    from ..exit_outputs import read_cached_outputs
+
+    if data is None:
+        cached = read_cached_outputs(run_dir, split)
+        if cached is not None:
+            return cached
+    from .. import artifact
     from ..data import make_loader, run_split
+    from ..devices import resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
+    from ..runs import model_path
 
     dataset, _ = run_split(run_dir, info, split, data)
+    device = resolve_device(device)
+    model, _ = artifact.load(model_path(run_dir), device=device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
     if data is None:
         return cached_exit_outputs(run_dir, split, make, model, device=device)
-    return collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+    logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+    return logits.numpy(), labels.numpy()
 
 
-def costs_of(run_dir: Path, model, info):
-    from ..profiling import cascade_costs
-    from ..runs import CACHE_DIR
+def costs_of(run_dir: Path, info):
+    """The run's ``CascadeCosts`` (cached per artifact: the model is only built on a miss)."""
+    from ..profiling import CascadeCosts, run_macs
 
-    return cascade_costs(model, info.input_size, cache_dir=Path(run_dir) / CACHE_DIR)
+    report = run_macs(Path(run_dir), info.input_size)
+    return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
+                        [float(h) for h in report.shallow_heads])
 
 
 def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confidence=None, score=None,
@@ -51,14 +66,14 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     if sum(x is not None for x in (target_acc, max_drop, budget)) != 1:
         raise UsageError("give exactly one of --target-acc, --max-drop, --budget")
     run_dir = Path(run_dir)
-    model, info = artifact.load(model_path(run_dir), device=device)
+    info = artifact.read_info(model_path(run_dir))
     previous = info.calibration or {}
     score = score or previous.get("score", "max_softmax")
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels = split_outputs(run_dir, model, info, "val", device=device)
-    costs = costs_of(run_dir, model, info)
+    logits, labels = split_outputs(run_dir, info, "val", device=device)
+    costs = costs_of(run_dir, info)
     cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
@@ -68,12 +83,20 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
                        confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
-    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
+    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
                 "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
                 "head_macs": list(costs.heads),
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
+    from ..exit_outputs import exit_order_warning
+
+    warning = exit_order_warning(logits, labels)
+    if warning:
+        import logging
+
+        logging.getLogger("scan_cli").warning(warning)
+        doc["warnings"] = [warning]
     if plot is not None:
         plot_front(result, Path(plot))
     if save:
@@ -89,20 +112,20 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     from ..data import EVAL_SPLITS, run_recipe
     from ..exit_outputs import exit_correctness
     from ..runs import model_path
-    from ..training import exit_accuracies
+    from ..exit_outputs import exit_accuracies
     from .cascade import CascadeData, summarize
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
-    model, info = artifact.load(model_path(run_dir), device=device)
-    logits, labels = split_outputs(run_dir, model, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel())}
+    info = artifact.read_info(model_path(run_dir))
+    logits, labels = split_outputs(run_dir, info, split, device=device, data=data)
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(len(labels))}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]
     doc["ensemble"] = {"accuracy": accs["ensemble"]}
-    costs = costs_of(run_dir, model, info)
+    costs = costs_of(run_dir, info)
     cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     for k in range(K):
         doc["exits"][k]["macs_cumulative"] = cumulative[k]

@@ -27,7 +27,7 @@ def calibrate_command(
     split: str = typer.Option("val", "--split", help="Only 'val' is accepted: the test split must stay unseen."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the accuracy-cost curve to this PNG."),
     run: Optional[str] = RUN,
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda | cuda:N, for outputs not cached yet."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Search and report, but do not write the thresholds."),
     as_json: bool = JSON,
 ):
@@ -88,7 +88,7 @@ def evaluate_command(
     run: Optional[str] = RUN,
     split: str = typer.Option("test", "--split", help="test (default) | val | train | all"),
     data: Optional[str] = typer.Option(None, "--data", help="Other labelled data with the model's classes."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda | cuda:N, for outputs not cached yet."),
     as_json: bool = JSON,
 ):
     """Accuracy of every exit, the ensemble and the calibrated cascade on held-out data."""
