@@ -1,8 +1,8 @@
 """Benchmark: early exit on ONNX Runtime vs ONNX Runtime running the plain model, and vs PyTorch.
 
     python bench/bench_onnx.py [--run DIR] [--no-resnet50] [--quick] [--threads N] [--repeats N]
-                               [--markdown FILE] [--json FILE]
-    python -m bench.bench_onnx ...        (from the repository root)
+                               [--out FILE] [--json FILE]
+    python -m bench --only onnx [--quick]  (the entry point: the Fashion-MNIST run as --run)
 
 Cases: the trained run given as --run (its calibrated thresholds, its test split: the data
 `scan fit` held out), and resnet50 at 224 px with random weights (slim heads; random normal
@@ -24,8 +24,9 @@ export's per-exit costs; heads left out count nothing); *realised* = ort plain t
 time; goal 1: realised >= 90 % of counted at batch 1 and 64; goal 2: ort cascade faster than the
 torch cascade at batch 1.
 
-`run(quick, out_md, ...)` does the work (for a future `python -m bench` entry point); `--quick` is a
-smoke run (64 images, one timed pass, no --repeats), never results to publish.
+`run(quick, out_md, ...)` does the work; `python -m bench` calls this script with `--out` (and `--run`
+with its Fashion-MNIST run). `--quick` is a smoke run (64 images, one timed pass), never results to
+publish.
 """
 
 from __future__ import annotations
@@ -325,7 +326,8 @@ def time_pieces(cascade, plains: dict, xn, batch_sizes, repeats: int, costs: lis
 # -- report ---------------------------------------------------------------------------------------------
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = ["# ONNX Runtime early exit vs the plain model and the PyTorch engine (CPU)", "",
+    lines = [f"## ONNX Runtime early exit vs the plain model and the PyTorch engine (CPU; {m['date']}"
+             + (", quick" if doc["quick"] else "") + ")", "",
              f"Command: `python bench/bench_onnx.py {doc['argv']}`" + (" (**--quick: a smoke run, not results**)" if doc["quick"] else ""),
              "",
              f"- machine: {m['cpu']}, {m['cores']} cores; {m['threads']} threads for both runtimes",
@@ -339,7 +341,7 @@ def markdown(doc: dict) -> str:
     for case in doc["cases"]:
         shares = " / ".join(f"{s * 100:.1f}" for s in case["exit_shares"])
         heads = ", ".join(f"{k + 1}" for k, h in enumerate(case["heads_exported"][:-1]) if not h)
-        lines += [f"## {case['name']}", "",
+        lines += [f"### {case['name']}", "",
                   f"{case['source']}; exit shares {shares} %; thresholds "
                   + ", ".join("never" if t is None else f"{t:.4g}" for t in case["thresholds"])
                   + f" ({case['score']}, fallback {case['fallback']})"
@@ -412,13 +414,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed passes (default 5; 1 with --quick)")
     ap.add_argument("--images", type=int, default=None, help="images per case (default 512 run / 256 resnet50; 64 quick)")
     ap.add_argument("--variants", action="store_true", help="also time the cascade with thread spinning on")
-    ap.add_argument("--markdown", type=Path, default=None,
+    ap.add_argument("--out", "--markdown", dest="out", type=Path, default=None,
                     help="where to write the section (default bench/results/onnx.md; with --quick a temporary file)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args(argv)
     if args.run is None and args.no_resnet50:
         ap.error("nothing to benchmark: give --run or drop --no-resnet50")
-    out = args.markdown
+    out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="bench-onnx-")) / "onnx.md" if args.quick else \
             Path(__file__).resolve().parent / "results" / "onnx.md"

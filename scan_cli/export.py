@@ -440,10 +440,10 @@ def export_run(run: Optional[str], out: Optional[str] = None, *, fmt: str = "onn
         raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")
     if opset < 18:
         raise UsageError(f"--opset {opset}: the exporter writes opset 18 or newer")
-    require_export()
-    run_dir = resolve_run(run)
+    run_dir = resolve_run(run)  # what needs no import is checked first: a wrong --run or --out is instant
     out_dir = Path(out) if out else run_dir / "onnx"
     _prepare_out(out_dir)
+    require_export()
     model, info = load(model_path(run_dir))
     if not all_exits and not (info.calibration or {}).get("thresholds"):
         logging.getLogger(__name__).warning(

@@ -296,12 +296,12 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     from .export import require
     from .runs import model_path, resolve_run
 
-    require(("onnxruntime",), "--engine onnxruntime")
     run_dir = resolve_run(run)
     info = read_info(model_path(run_dir))
+    require(("onnxruntime",), "--engine onnxruntime")
     K = len(info.split_points) + 1
     policy = exit_policy(info, run_dir, K, thresholds=thresholds, target_acc=target_acc, score=score,
-                         fallback=fallback)
+                         fallback=fallback, device="cpu")
     return cached_export(run_dir, heads_for(policy.thresholds, policy.fallback, K), log), policy, run_dir
 
 
@@ -311,7 +311,6 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
             log=None):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
-    from .export import require
     from .images import find_images
 
     if batch_size < 1:
@@ -323,7 +322,6 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                          "or use --engine torch")
     if (channels_last or "auto").lower() not in ("auto", "off"):
         raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
-    require(("onnxruntime",), "--engine onnxruntime")
     paths = find_images(list(inputs))
     folder, policy, run_dir = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
     cascade = Cascade(folder, threads=threads)

@@ -535,6 +535,20 @@ def test_missing_extras_are_one_line(run_cli, resnet_case, monkeypatch, missing,
             assert code == 1 and err.count("\n") == 1 and "pip install 'scan-cli[onnx]'" in err
 
 
+def test_a_wrong_run_is_reported_before_torch_or_onnx_is_imported(tmp_path):
+    import subprocess
+
+    for args in (["export", "--run", str(tmp_path / "missing")],
+                 ["predict", str(tmp_path), "--engine", "onnxruntime", "--run", str(tmp_path / "missing")]):
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", *args], capture_output=True,
+                             text=True, timeout=120)
+        lines = res.stderr.splitlines()
+        err = [line for line in lines if not line.startswith("import time:")]
+        modules = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
+        assert res.returncode == 1 and len(err) == 1 and err[0].startswith("error:"), (args, err)
+        assert not modules & {"torch", "onnx", "onnxruntime", "onnxscript", "timm"}, (args, modules)
+
+
 def test_cli_does_not_import_onnx_at_startup():
     import subprocess
 
