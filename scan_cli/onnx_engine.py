@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from .errors import ScanError, UsageError
+from .scoring import confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
 
 ENGINES = ("torch", "onnxruntime")
 MANIFEST_FILE = "manifest.json"  # = export.MANIFEST_FILE (not imported: keep this module light)
@@ -85,35 +86,6 @@ def read_manifest(folder: Path) -> dict:
     except (KeyError, TypeError, ValueError) as exc:
         raise ScanError(f"{path} is damaged ({exc}): export again with 'scan export'") from None
     return doc
-
-
-# -- the exit rule in numpy (mirrors scoring.confidence) --------------------------------------------
-def softmax(logits):
-    import numpy as np
-
-    z = np.asarray(logits, dtype=np.float32)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def confidence(logits, kind: str = "max_softmax"):
-    """Per-row score of [N, C] logits, as ``scoring.confidence``: max_softmax, margin (top-1 minus
-    top-2 probability) or neg_entropy (sum p log p, probabilities clamped at 1e-12). Higher = surer."""
-    import numpy as np
-
-    p = softmax(logits)
-    if kind == "max_softmax":
-        return p.max(axis=-1)
-    if kind == "margin":
-        if p.shape[-1] < 2:
-            return p[:, 0]
-        top2 = np.partition(p, -2, axis=-1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
-    if kind == "neg_entropy":
-        return (p * np.log(np.maximum(p, np.float32(1e-12)))).sum(axis=-1)
-    from .scoring import SCORES
-
-    raise UsageError(f"unknown score '{kind}': use one of {', '.join(SCORES)}")
 
 
 # -- the cascade ---------------------------------------------------------------------------------------

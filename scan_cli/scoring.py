@@ -30,22 +30,28 @@ def confidence(logits, kind: str = "max_softmax"):
     raise UsageError(f"unknown score '{kind}': use one of {', '.join(SCORES)}")
 
 
-def _confidence_numpy(logits, kind: str):
+def softmax_numpy(logits):
     import numpy as np
 
     z = np.asarray(logits, dtype=np.float32)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    probs = e / e.sum(axis=-1, keepdims=True)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _confidence_numpy(logits, kind: str):
+    """The same scores in numpy (cached outputs, the ONNX Runtime engine): no torch needed."""
+    import numpy as np
+
+    probs = softmax_numpy(logits)
     if kind == "max_softmax":
         return probs.max(axis=-1)
     if kind == "margin":
         if probs.shape[-1] < 2:
             return probs[:, 0]
-        top2 = np.sort(probs, axis=-1)[:, -2:]
+        top2 = np.partition(probs, -2, axis=-1)[:, -2:]
         return top2[:, 1] - top2[:, 0]
     if kind == "neg_entropy":
-        return (probs * np.log(np.maximum(probs, 1e-12))).sum(axis=-1)
+        return (probs * np.log(np.maximum(probs, np.float32(1e-12)))).sum(axis=-1)
     from .errors import UsageError
 
     raise UsageError(f"unknown score '{kind}': use one of {', '.join(SCORES)}")

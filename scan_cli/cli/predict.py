@@ -46,12 +46,12 @@ def predict_command(
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
-    from ..onnx_engine import wants_onnx
-    from ..predict_files import predict, summary_lines, write_csv
+    from .. import onnx_engine, predict_files
+    from ..predict_files import summary_lines, write_csv
     from ._output import info, print_json
 
-    if wants_onnx(engine, run):  # the ONNX Runtime engine: same report, same exit codes
-        from ..onnx_engine import predict
+    # the ONNX Runtime engine gives the same report and exit codes
+    predict = onnx_engine.predict if onnx_engine.wants_onnx(engine, run) else predict_files.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k,
                      channels_last=channels_last)
