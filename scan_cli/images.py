@@ -75,14 +75,43 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in sorted order; hidden entries are skipped."""
+def walk_images(folder: Path, seen: dict | None = None, duplicates: list | None = None) -> list[Path]:
+    """Image files under `folder`, recursively, in sorted order; hidden entries are skipped.
+
+    Symbolic links are followed, but never into a loop: a link to a folder already walked, or to
+    the folder it sits in or one of its ancestors, is not entered. A file reached twice (through a
+    link, or a link to a file listed already) is listed once, under the first path that reached
+    it: `seen` maps the real paths listed so far to the path listed (pass one dict to share it
+    between calls) and `duplicates` (a list) receives (path, first path) for each one left out."""
     found = []
+    seen = {} if seen is None else seen
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        real = os.path.realpath(dirpath)
+        if real in walked:  # reached again through a link: already listed
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if target in walked or real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                continue  # a loop (the folder itself or an ancestor) or a folder walked already
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            if not name.startswith(".") and is_image_file(name):
-                found.append(Path(dirpath) / name)
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            path = Path(dirpath) / name
+            key = os.path.realpath(path)
+            if key in seen:
+                if duplicates is not None:
+                    duplicates.append((path, seen[key]))
+                continue
+            seen[key] = path
+            found.append(path)
     return found
 
 
@@ -115,13 +144,13 @@ def find_images(inputs: list[str]) -> list[Path]:
         if path.is_file():
             matched = add(path)
         elif path.is_dir():
-            for p in _walk_images(path):
+            for p in walk_images(path):
                 matched = add(p)
         elif any(c in text for c in _GLOB_CHARS):
             for hit in sorted(glob.glob(text, recursive=True)):
                 hp = Path(hit)
                 if hp.is_dir():
-                    for p in _walk_images(hp):
+                    for p in walk_images(hp):
                         matched = add(p)
                 elif hp.is_file() and is_image_file(hp):
                     matched = add(hp)

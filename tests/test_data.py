@@ -558,3 +558,25 @@ def test_every_command_rebuilds_the_validation_set_fit_held_out(tmp_path):
         assert torch.equal(torch.stack([x for x, _ in all_items(val)]), want)
         batches, reason = validation_batches(run, info, batch_size=4)
         assert reason is None and torch.equal(torch.cat(batches), want)
+
+
+# --------------------------------------------------------------------------- symlinks in image folders
+
+
+def test_symlink_loops_and_duplicates_in_a_folder_keep_every_label_right(tmp_path, caplog):
+    """3 files once became 243 entries with wrong labels: a loop is never followed, a file reached
+    twice is listed once, and a val/ file that is a train file is left out of val."""
+    root = tmp_path / "f"
+    make_class_tree(root / "train", ["a", "b"], 3)
+    (root / "train" / "a" / "up").symlink_to(root / "train")  # loop, and a way into class b
+    (root / "train" / "b" / "dup.png").symlink_to(root / "train" / "a" / "img000.png")
+    make_class_tree(root / "val", ["a", "b"], 2, seed=1)
+    (root / "val" / "a" / "leak.png").symlink_to(root / "train" / "a" / "img001.png")
+    with caplog.at_level(logging.WARNING):
+        d = load_data(str(root), data_config=HALF)
+    assert d.split_sizes == {"train": 6, "val": 4}
+    for p, lab in d.train.samples:
+        assert Path(p).relative_to(root / "train").parts[0] == d.classes[lab] and "up" not in Path(p).parts
+    train_files = {str(Path(p).resolve()) for p in d.train.paths}
+    assert len(train_files) == 6 and not train_files & {str(Path(p).resolve()) for p in d.val.paths}
+    assert "dup.png" in caplog.text and "leak.png" in caplog.text

@@ -158,3 +158,29 @@ def test_transform_failure_is_reported_not_raised(tmp_path):
 def test_collate_with_only_bad_images():
     indices, images, errors = collate_images([(0, None, "bad"), (1, None, "worse")])
     assert indices == [] and images is None and errors == [(0, "bad"), (1, "worse")]
+
+
+# -- symlinks (issue 11 item 5) ---------------------------------------------------------------------
+def test_a_symlink_loop_is_never_followed(tmp_path):
+    root = tmp_path / "imgs"
+    save(noise(seed=1), root / "a" / "x.png")
+    save(noise(seed=2), root / "b" / "y.png")
+    save(noise(seed=3), root / "b" / "z.png")
+    (root / "a" / "up").symlink_to(root)  # a loop: root/a/up/a/up/...
+    (root / "b" / "self").symlink_to(root / "b")
+    rel = sorted(p.relative_to(root).as_posix() for p in find_images([str(root)]))
+    assert rel == ["a/x.png", "b/y.png", "b/z.png"]
+    # walking one class folder must not climb out of it through the loop either
+    assert [p.name for p in find_images([str(root / "a")])] == ["x.png"]
+
+
+def test_a_symlinked_duplicate_is_listed_once(tmp_path):
+    root = tmp_path / "imgs"
+    save(noise(seed=1), root / "a" / "x.png")
+    (root / "a" / "copy.png").symlink_to(root / "a" / "x.png")
+    (root / "more").mkdir()
+    (root / "more" / "same").symlink_to(root / "a", target_is_directory=True)
+    assert [p.relative_to(root).as_posix() for p in find_images([str(root)])] == ["a/copy.png"]
+    from scan_cli.images import walk_images
+
+    assert [p.name for p in walk_images(root)] == ["copy.png"]  # not once per path that reaches it
