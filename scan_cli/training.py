@@ -253,7 +253,7 @@ class FitOptions:
     weights: Optional[Path] = None
     ema: bool = False  # --weights: take the EMA copy of a training checkpoint
     device: Optional[str] = None
-    image_column: Optional[str] = None
+    image_column: Optional[str] = None  # API callers: these three override the recipe's
     label_column: Optional[str] = None
     streaming: bool = False
     extra: dict = field(default_factory=dict)
@@ -274,7 +274,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     from .registry import default_registry
     from .runs import mark_latest
 
-    recipe = opts.recipe
+    recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
                                  (opts.device in (None, "auto") and torch.cuda.is_available()) else "cpu")
     device = pick_device(opts.device, dist_info)
@@ -292,8 +292,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     num_shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
     recipe = resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
     splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
-                       val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=opts.image_column,
-                       label_column=opts.label_column, streaming=opts.streaming, hflip=recipe.hflip)
+                       val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=recipe.image_column,
+                       label_column=recipe.label_column, streaming=recipe.streaming, hflip=recipe.hflip)
     data_config = dict(splits.data_config or data_config)  # what the transforms really used (e.g. crop_pct)
     classes = list(splits.classes)
     if len(classes) < 2:
@@ -409,7 +409,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)
         t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
         summary["test"] = exit_accuracies(t_logits, t_labels)
-    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name}
+    # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
+    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
@@ -419,6 +420,17 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     mark_latest(run_dir)
     summary["model"] = str(run_dir / MODEL_FILE)
     return summary
+
+
+def _with_data_options(recipe: Recipe, opts: FitOptions) -> Recipe:
+    """The recipe with FitOptions' image/label column and streaming applied (they are recipe
+    fields, recorded with the run, so that later commands read its data the same way)."""
+    from dataclasses import replace
+
+    changes = {k: getattr(opts, k) for k in ("image_column", "label_column") if getattr(opts, k) is not None}
+    if opts.streaming:
+        changes["streaming"] = True
+    return replace(recipe, **changes) if changes else recipe
 
 
 def _backbone_spec(registry, opts: FitOptions):

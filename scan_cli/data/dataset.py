@@ -57,6 +57,9 @@ class DataSplits:
     split_sizes: number of examples per built split; None as a value for a streamed split.
     skipped: undecodable images left out at load time (image folders; see `folder.py`).
     val_from_train: True when validation was held out of the training data.
+    val_rule: where validation came from: {"from": "train", "rule", "key", "fraction", "seed"} when
+    held out of train (`holdout.py`), {"from": "own split", "name"} or {"from": "fixed split"} (digits).
+    image_column / label_column: the columns read (`datasets` sources), else None.
     data_config: the timm data config the transforms used (img_size and source tweaks applied).
     """
 
@@ -70,10 +73,19 @@ class DataSplits:
     val_from_train: bool = False
     streaming: bool = False
     data_config: dict = field(default_factory=dict)
+    val_rule: dict = field(default_factory=dict)
+    image_column: str | None = None
+    label_column: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def record(self) -> dict:
+        """What decides these splits, for a run to record (`scan fit` stores it as the recipe's
+        `data_split`; `splits.run_data` rebuilds the splits from it and checks they still match)."""
+        return {"source": self.source, "streaming": bool(self.streaming), "image_column": self.image_column,
+                "label_column": self.label_column, "val": dict(self.val_rule)}
 
     @classmethod
     def of(cls, built: dict, *, classes: list, source: str, data_config: dict, streaming: bool = False,

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import ScanError
 from ..images import IMAGE_EXTENSIONS, describe_error, is_image_file, walk_images
 from .dataset import DataSplits, FileImages, SkippedImages
-from .holdout import holdout
+from .holdout import MAP_RULE, holdout, rule
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -173,5 +173,7 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
         built["val"] = FileImages(val_samples, ev)
     if "test" in splits and test_samples:
         built["test"] = FileImages(test_samples, ev)
+    val_rule = (rule(MAP_RULE, "relative path", val_fraction, seed) if val_from_train
+                else {"from": "own split", "name": val_dir.name})
     return DataSplits.of(built, classes=classes, source=f"folder {root}", data_config=cfg, skipped=skipped,
-                         val_from_train=val_from_train)
+                         val_from_train=val_from_train, val_rule=val_rule)
