@@ -27,21 +27,36 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
-    """Exit logits for a split, computed once per artifact and stored in run_dir/cache/."""
+def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu", skipped=None):
+    """Exit logits for a split, computed once per artifact and stored in run_dir/cache/.
+
+    skipped: a `data.SkippedImages` that receives the images the loader left out as undecodable
+    (also when the outputs come from the cache, which records them). Caches written before
+    undecodable images were left out (when they were replaced by the next image) are not read."""
+    import json
+
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from .artifact import artifact_fingerprint, atomic_write
     from .runs import model_path
 
     fingerprint = artifact_fingerprint(model_path(run_dir))
-    cache = Path(run_dir) / CACHE_DIR / f"{split}-outputs-{fingerprint}.safetensors"
+    cache = Path(run_dir) / CACHE_DIR / f"{split}-outputs-v2-{fingerprint}.safetensors"
     if cache.is_file():
         tensors = load_file(str(cache))
+        if skipped is not None:
+            with safe_open(str(cache), framework="pt") as f:
+                skipped.update(json.loads((f.metadata() or {}).get("skipped", "{}")))
         return tensors["logits"], tensors["labels"]
-    logits, labels = collect_exit_outputs(model, make_loader(), device=device, progress=f"{split} exits")
+    loader = make_loader()
+    logits, labels = collect_exit_outputs(model, loader, device=device, progress=f"{split} exits")
+    found = getattr(loader, "skipped", None)
+    meta = {"artifact": fingerprint, "split": split, "skipped": json.dumps(found.to_dict() if found is not None else {})}
     atomic_write(cache, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
-                                              str(tmp), metadata={"artifact": fingerprint, "split": split}))
+                                              str(tmp), metadata=meta))
+    if skipped is not None and found is not None and found is not skipped:
+        skipped.update(found.to_dict())
     return logits, labels
 
 

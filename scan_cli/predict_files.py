@@ -308,6 +308,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
         raise UsageError(f"--top-k {top_k}: give a positive number")
     if (channels_last or "auto").lower() not in ("auto", "on", "off"):
         raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
+    from .images import max_image_pixels
+
+    max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, not one error row per image
     paths = find_images(list(inputs))
     from .devices import resolve_device
 

@@ -266,7 +266,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     import torch
 
     from . import artifact
-    from .data import load_data, make_loader
+    from .data import SkippedImages, load_data, make_loader
     from .exit_outputs import collect_exit_outputs
     from .model import HeadConfig
     from .progress import StepClock, make_progress
@@ -347,7 +347,10 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     amp_dtype = _amp_dtype(recipe.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     loader_kw = dict(num_workers=recipe.workers, seed=recipe.seed)
-    val_loader = lambda: make_loader(splits.val, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)  # noqa: E731
+    # undecodable images: left out of their batch and counted once per split (in DDP: rank 0's share of train)
+    skipped = {s: SkippedImages() for s in ("train", "val", "test")}
+    val_loader = lambda: make_loader(splits.val, batch_size=recipe.batch_size * 2, shuffle=False,  # noqa: E731
+                                     skipped=skipped["val"], **loader_kw)
 
     summary = {"run": str(run_dir), "backbone": spec.id, "provider": spec.provider, "mode": mode,
                "data": splits.source, "split_sizes": splits.split_sizes, "classes": len(classes),
@@ -363,7 +366,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
             for epoch in range(start_epoch, recipe.epochs):
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
-                                     distributed=dist_info.enabled, drop_last=True, **loader_kw)
+                                     distributed=dist_info.enabled, drop_last=True, skipped=skipped["train"], **loader_kw)
                 stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
                                      scaler, mode, channels_last, progress, clock, epoch_task)
                 if dist_info.is_main:
@@ -406,10 +409,13 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         log.warning(warning)
         summary["warnings"] = [warning]
     if splits.test is not None:
-        test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)
+        test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, skipped=skipped["test"],
+                                  **loader_kw)
         t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
         summary["test"] = exit_accuracies(t_logits, t_labels)
     # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
+    summary["skipped_images"] = {"when listed": splits.skipped.count,
+                                 **{k: v.count for k, v in skipped.items() if getattr(splits, k) is not None}}
     recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)

@@ -272,3 +272,16 @@ def test_latest_run_by_default(run_cli, run, images, paths, tmp_path, monkeypatc
     monkeypatch.setenv("SCAN_RUNS_DIR", str(tmp_path / "nothing"))
     code, _, err = run_cli("predict", str(paths[0]))
     assert code == 1 and "scan fit" in err
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_row_and_exit_code_3(run_cli, run, images, tmp_path, monkeypatch):
+    from test_images import declared_png
+
+    huge = declared_png(tmp_path / "huge" / "bomb.png", 20_000, 20_000)  # 400 MP declared, a tiny file
+    code, doc, err = predict_json(run_cli, images, huge, "--run", run)
+    assert code == 3 and len(doc["predictions"]) == 20
+    assert [e["path"] for e in doc["errors"]] == [str(huge)]
+    assert "too large" in doc["errors"][0]["error"] and "SCAN_MAX_IMAGE_PIXELS" in doc["errors"][0]["error"]
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "nope")
+    code, _, err = run_cli("predict", str(images), "--run", str(run))
+    assert code == 2 and "SCAN_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1

@@ -274,21 +274,62 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path, caplog):
     assert not any(Path(p).name in ("fake.jpg", "trunc.png", "empty.png") for p in d.train.paths + d.val.paths)
 
 
-def test_damage_found_only_when_decoding_never_crashes_a_loader(tmp_path, caplog):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damage_found_only_when_decoding_is_skipped_and_counted_never_replaced(tmp_path, caplog, workers):
+    """A bad image used to be replaced by the next one (counted twice, with that one's label): it is
+    left out of its batch, counted once per loader and named, and the other items keep their order."""
+    import torch
+
+    from scan_cli.data.dataset import Skipped
+
     root = tmp_path / "f"
     make_class_tree(root, ["a", "b"], 4, ext="jpg")
     buf = io.BytesIO()
     noise(11, (96, 96)).save(buf, "JPEG")
     (root / "a" / "img000.jpg").write_bytes(buf.getvalue()[:300])  # header fine, data cut short
+    (root / "b" / "img003.jpg").write_bytes(buf.getvalue()[:300])
     with caplog.at_level(logging.WARNING):
-        d = load_data(str(root), data_config=HALF, val_fraction=0.25, check_images=False, splits=("train", "val"))
+        d = load_data(str(root), data_config=HALF, train_transform="none", val_fraction=0.25, check_images=False,
+                      splits=("train", "val"))
         ds = d.train if any(p.endswith("a/img000.jpg") for p in d.train.paths) else d.val
         bad = [i for i, p in enumerate(ds.paths) if p.endswith("a/img000.jpg")][0]
-        x, y = ds[bad]  # replaced by the next decodable item, with that item's label
-        assert tuple(x.shape) == (3, 16, 16) and y == int(ds.labels[(bad + 1) % len(ds)])
-        batches = list(make_loader(ds, batch_size=4, shuffle=False, num_workers=0))
-    assert sum(len(b[1]) for b in batches) == len(ds)
+        assert isinstance(ds[bad], Skipped) and ds[bad].name.endswith("a/img000.jpg")
+        loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=workers)
+        batches = list(loader)
+        again = list(loader)  # a second epoch finds the same image: still one
+    good = [i for i in range(len(ds)) if not ds.paths[i].endswith(("a/img000.jpg", "b/img003.jpg"))]
+    labels = [int(v) for _, y in batches for v in y]
+    assert labels == [int(ds.labels[i]) for i in good]  # nothing replaced, order kept
+    assert torch.equal(torch.cat([x for x, _ in batches]), torch.stack([ds[i][0] for i in good]))
+    assert len(again) == len(batches)
+    bad_here = sum(ds.paths[i].endswith(("a/img000.jpg", "b/img003.jpg")) for i in range(len(ds)))
+    assert loader.skipped.count == bad_here and "img000.jpg" in loader.skipped.summary()
     assert "img000.jpg" in caplog.text
+
+
+def test_a_batch_of_only_bad_images_is_left_out(tmp_path):
+    from scan_cli.data.dataset import FileImages
+
+    good = tmp_path / "good.png"
+    noise(1).save(good)
+    bad = [tmp_path / f"bad{i}.png" for i in range(3)]
+    for b in bad:
+        b.write_bytes(b"nope")
+    ds = FileImages([(bad[0], 0), (bad[1], 1), (good, 1), (bad[2], 0)], eval_transform(HALF))
+    loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=0)
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][1].tolist() == [1]
+    assert loader.skipped.count == 3
+
+
+def test_images_over_the_pixel_limit_are_skipped_and_counted_when_listed(tmp_path, monkeypatch):
+    root = tmp_path / "f"
+    make_class_tree(root, ["a", "b"], 4)
+    noise(3, (64, 64)).save(root / "a" / "big.png")
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", str(64 * 64 - 1))
+    d = load_data(str(root), data_config=HALF, val_fraction=0.25)
+    assert d.skipped.count == 1 and "too large" in d.skipped.summary() and "big.png" in d.skipped.summary()
+    assert len(d.train) + len(d.val) == 8
 
 
 # --------------------------------------------------------------------------- `datasets` sources

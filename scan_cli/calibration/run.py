@@ -15,15 +15,25 @@ from ..errors import UsageError
 
 
 def split_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
-    """[n, K, C] logits and labels of ``split``, cached per artifact when the run's own data is used."""
-    from ..data import make_loader, run_split
+    """([n, K, C] logits, labels, skipped) of ``split``, cached per artifact when the run's own data
+    is used; ``skipped`` counts the split's images left out as undecodable (each is named in a
+    warning, and the count goes into the command's report)."""
+    import logging
+
+    from ..data import SkippedImages, make_loader, run_split
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
     dataset, _ = run_split(run_dir, info, split, data)
-    make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
+    skipped = SkippedImages()
+    make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if data is None:
-        return cached_exit_outputs(run_dir, split, make, model, device=device)
-    return collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+        logits, labels = cached_exit_outputs(run_dir, split, make, model, device=device, skipped=skipped)
+    else:
+        logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+    if skipped:
+        name = {"val": "validation"}.get(split, split)
+        logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {int(labels.numel())} images used")
+    return logits, labels, skipped
 
 
 def costs_of(run_dir: Path, model, info):
@@ -57,7 +67,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels = split_outputs(run_dir, model, info, "val", device=device)
+    logits, labels, skipped = split_outputs(run_dir, model, info, "val", device=device)
     cumulative, backbone_macs = costs_of(run_dir, model, info)
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
@@ -66,6 +76,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
                        confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
+                "skipped_images": skipped.count,
                 "backbone_macs": backbone_macs, "exit_macs": list(cumulative),
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
@@ -92,8 +103,9 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
     model, info = artifact.load(model_path(run_dir), device=device)
-    logits, labels = split_outputs(run_dir, model, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel())}
+    logits, labels, skipped = split_outputs(run_dir, model, info, split, device=device, data=data)
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel()),
+           "skipped_images": skipped.count}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]

@@ -142,4 +142,9 @@ def _print_summary(summary: dict) -> None:
             row = summary[split]
             table.add_row(f"{split} (n={row['n']})", *[f"{100 * a:.2f}" for a in row["exits"]], f"{100 * row['ensemble']:.2f}")
     stdout_console().print(table)
+    skipped = summary.get("skipped_images") or {}
+    if sum(skipped.values()):
+        total = sum(skipped.values())
+        parts = ", ".join(f"{k} {v}" for k, v in skipped.items() if k != "when listed" or v)
+        info(f"skipped {total} undecodable image{'s' if total != 1 else ''} ({parts}): each left out, none replaced")
     info(f"model written to {summary['model']}; next: scan calibrate --run {summary['run']} --max-drop 0.005")

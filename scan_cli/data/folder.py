@@ -8,8 +8,9 @@ reached twice is listed once (`images.walk_images`): train first, so a val/ or t
 a training file (through a link) is left out of val/test with a warning.
 
 Undecodable images: every file is opened and `verify()`-ed in a thread pool when indexed
-(`check_images=True`); failures are left out, counted in `DataSplits.skipped` and reported with a
-warning. Damage only full decoding finds is handled when read (see `dataset.py`).
+(`check_images=True`); failures and images over the pixel limit (`images.max_image_pixels`) are
+left out, counted in `DataSplits.skipped` and reported with a warning. Damage only full decoding
+finds is handled when read (see `dataset.py`).
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ def _warn_duplicates(duplicates: list, role: str) -> None:
 
 
 def _check_file(path) -> str | None:
-    from PIL import Image
+    from ..images import _pil_image, check_size
 
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        with Image.open(path) as img:
+        with _pil_image().open(path) as img:
+            check_size(img)  # over the pixel limit: left out here, never decoded
             img.verify()
         return None
     except Exception as exc:  # noqa: BLE001
