@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -236,18 +235,35 @@ def test_layouts_agree(run_cli, run, images, thresholds):
     assert docs["on"] == docs["off"] and len({e for _, e in docs["on"]}) >= 3
 
 
-def test_target_acc_override(run_cli, run, images, monkeypatch):
-    seen = []
+def test_target_acc_runs_the_real_calibration_for_this_call_only(run_cli, trained_run, tmp_path):
+    """No stub: --target-acc calibrates the trained run on its validation split (as 'scan calibrate
+    --target-acc' would, without saving) and the images exit where those thresholds send them."""
+    import shutil
 
-    def calibrate_run(run_dir, **kw):
-        seen.append((Path(run_dir), kw))
-        return {"thresholds": [None, None, 0.0, None], "score": "max_softmax", "fallback": "last"}
+    from scan_cli.artifact import load, read_info
+    from scan_cli.calibration.run import calibrate_run
+    from scan_cli.images import find_images
 
-    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
-    code, doc, err = predict_json(run_cli, images, "--run", run, "--target-acc", "0.97")
-    assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False})]
-    assert {p["exit"] for p in doc["predictions"]} == {3}
-    assert "from --target-acc 0.97" in err
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    info = read_info(run_dir / "model.safetensors")
+    test_images = find_images([str(Path(info.recipe["data"]) / "test")])
+    before = (run_dir / "model.safetensors").read_bytes()
+    code, doc, err = predict_json(run_cli, Path(info.recipe["data"]) / "test", "--run", run_dir, "--target-acc", "0.8")
+    assert code == 0, err
+    assert (run_dir / "model.safetensors").read_bytes() == before and read_info(run_dir / "model.safetensors").calibration is None
+    want = calibrate_run(run_dir, target_acc=0.8, save=False)
+    assert want["val_accuracy"] >= 0.8
+    thresholds = [None if t is None or t == float("inf") else t for t in want["thresholds"][:3]]
+    assert doc["summary"]["policy"] == {"thresholds": thresholds, "score": "max_softmax", "fallback": "last",
+                                        "source": "--target-acc 0.8"}
+    model, info = load(run_dir / "model.safetensors")
+    with torch.no_grad():
+        all_logits = torch.stack([o.float() for o in model(decoded_batch(test_images, info))], dim=1)
+    preds, exits = simulate_cascade(all_logits, thresholds)
+    assert [p["exit_index"] for p in doc["predictions"]] == exits.tolist() and len(set(exits.tolist())) >= 2
+    assert [p["label"] for p in doc["predictions"]] == [info.classes[c] for c in preds]
+    assert "from --target-acc 0.8" in err
 
 
 def test_missing_calibration_says_so_and_uses_the_last_exit(run_cli, uncalibrated, images):
