@@ -265,14 +265,12 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     ``on_epoch(epoch, summary_so_far)`` is called on the main process after each epoch."""
     import torch
 
-    from . import artifact
     from .data import SkippedImages, load_data, make_loader
     from .exit_outputs import collect_exit_outputs
     from .model import HeadConfig
     from .progress import StepClock, make_progress
     from .recipes import available, describe, resolve
     from .registry import default_registry
-    from .runs import mark_latest
 
     recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
@@ -401,7 +399,23 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     if not dist_info.is_main:
         return summary
-    # final artifact, metrics on validation and (if any) test
+    try:
+        return _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts,
+                           classes, data_config, img_size, device, run_dir, summary)
+    except KeyboardInterrupt:  # training is done and checkpointed: --resume writes the model
+        from .errors import Interrupted
+
+        raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)} but no model yet: "
+                          f"write it with 'scan fit --resume {run_dir}'") from None
+
+
+def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts, classes,
+                data_config, img_size, device, run_dir, summary) -> dict:
+    """The final artifact, with metrics on validation and (if any) test."""
+    from . import artifact
+    from .exit_outputs import collect_exit_outputs
+    from .runs import mark_latest
+
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
     warning = exit_order_warning(val_logits, val_labels)
@@ -413,9 +427,9 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                                   **loader_kw)
         t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
         summary["test"] = exit_accuracies(t_logits, t_labels)
-    # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
     summary["skipped_images"] = {"when listed": splits.skipped.count,
                                  **{k: v.count for k, v in skipped.items() if getattr(splits, k) is not None}}
+    # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
     recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)
@@ -549,6 +563,9 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
     done = checkpoint_epoch(run_dir)
+    if done >= recipe.epochs and not (run_dir / MODEL_FILE).is_file():
+        log.info(f"{run_dir} finished training ({done} epochs) but its model was not written: writing it")
+        return
     if done >= recipe.epochs:
         raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
                         f"to train it longer, pass --epochs N with N > {done}")
