@@ -243,12 +243,13 @@ def test_ctrl_c_in_profile(run, tmp_path):
         json.loads(cache.read_text())  # what was written is whole
 
 
-def test_ctrl_c_in_predict_with_decoding_workers(run, data, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])  # a decoding thread, a decoding process
+def test_ctrl_c_in_predict(run, data, tmp_path, workers):
     target = tmp_path / "out" / "predictions.csv"
     target.parent.mkdir()
     target.write_text("path,label\nold,row\n")
     code, out, err = ctrl_c(tmp_path, {"at": "early_exit"}, "predict", data / "test", "--run", run,
-                            "--batch-size", "2", "--workers", "1", "--csv", target)
+                            "--batch-size", "2", "--workers", workers, "--csv", target)
     assert_one_interrupted_line(code, err)
     assert target.read_text() == "path,label\nold,row\n" and temporaries(target.parent, run) == []
 
