@@ -241,31 +241,64 @@ def save(model, info: ArtifactInfo, path: Path) -> None:
 
 
 def read_info(path: Path) -> ArtifactInfo:
-    """Read only the metadata (fast: the header, not the tensors)."""
-    from safetensors import safe_open
-
+    """Read only the metadata (fast: the JSON header, not the tensors; imports no torch)."""
     path = Path(path)
     if not path.is_file():
         raise ScanError(f"no model at {path}: run 'scan fit' first or pass --run DIR")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
+        header, _ = _read_header(path)
+    except (OSError, ValueError) as exc:
         raise ScanError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): re-run 'scan fit'") from None
-    return ArtifactInfo.from_metadata(meta, path)
+    return ArtifactInfo.from_metadata(header.get("__metadata__") or {}, path)
+
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # what safetensors itself refuses
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and the offset where its tensor bytes start."""
+    import struct
+
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError("file too short for a safetensors header")
+        (size,) = struct.unpack("<Q", raw)
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {size} bytes (more than {MAX_HEADER_BYTES})")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, 8 + size
 
 
 def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
-    """Rewrite the artifact with new optional metadata (e.g. calibration), atomically."""
-    from safetensors.torch import load_file, save_file
+    """Rewrite the artifact with new optional metadata (e.g. calibration), atomically.
 
+    Only the JSON header changes: the tensor bytes are copied as they are (the header's offsets are
+    relative to them), so no tensor is decoded and torch is not needed."""
+    import shutil
+    import struct
+
+    path = Path(path)
     info = read_info(path)
     for key, value in fields.items():
         if key not in OPTIONAL_KEYS:
             raise KeyError(key)
         setattr(info, key, value)
-    tensors = load_file(str(path))
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=info.to_metadata()))
+    header, start = _read_header(path)
+    header["__metadata__"] = info.to_metadata()
+    data = json.dumps(header, separators=(",", ":")).encode()
+    data += b" " * (-len(data) % 8)  # keep the tensor bytes 8-byte aligned, as safetensors writes them
+
+    def write(tmp):
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(struct.pack("<Q", len(data)))
+            dst.write(data)
+            src.seek(start)
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    atomic_write(path, write)
     return info
 
 
@@ -334,7 +367,9 @@ def head_config(raw, path: Path):
                         f"(this scan_cli {__version__} knows {', '.join(known)}): install the scan_cli that wrote it or retrain")
     checks = {"width": (lambda v: v is None or _positive_int(v), "null or a positive int"),
               "attention": (lambda v: isinstance(v, bool), "true or false"),
-              "attention_reduction": (_positive_int, "a positive int")}
+              "attention_reduction": (_positive_int, "a positive int"),
+              "attention_at": (lambda v: v in ("input", "reduced"), "input or reduced"),
+              "narrow": (lambda v: isinstance(v, bool), "true or false")}
     for key, value in raw.items():
         ok, expected = checks.get(key, (lambda v: True, ""))
         if not ok(value):

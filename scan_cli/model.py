@@ -19,14 +19,24 @@ from .scoring import confidence
 
 @dataclass
 class HeadConfig:
-    """Exit-head shape. ``attention_reduction=1`` is the paper's full-width attention."""
+    """Exit-head shape.
 
-    width: Optional[int] = None  # bottleneck channels; None = min(128, max(16, features // 4)): the paper's 128 on ResNets
+    ``attention_at``: ``input`` (the paper) gates the split's own features, at full resolution and
+    with all their channels; ``reduced`` gates the head's features once its 1x1 and strided convs
+    have brought them to ``width`` channels at the last stage's resolution, where the mask and its
+    element-wise work cost almost nothing (on CPU the paper's position made the attention the
+    slowest part of an exit: memory-bound passes over the largest feature map). ``narrow``: the width also stays at or below the split's channels (a
+    64-channel split gets no 128-channel head). ``attention_reduction=1`` is the paper's full-width
+    attention. Both new keys default to the old behaviour, so earlier model files load unchanged."""
+
+    width: Optional[int] = None  # bottleneck channels; None = min(128, max(16, features // 4)) (the paper's 128 on ResNets)
     attention: bool = True
     attention_reduction: int = 8  # attention runs at channels // reduction
+    attention_at: str = "input"  # input (the paper) | reduced
+    narrow: bool = False  # width <= the split's channels as well
 
-    PRESETS = {"slim": dict(width=None, attention=True, attention_reduction=8),
-               "paper": dict(width=128, attention=True, attention_reduction=1)}
+    PRESETS = {"slim": dict(width=None, attention=True, attention_reduction=8, attention_at="reduced", narrow=True),
+               "paper": dict(width=128, attention=True, attention_reduction=1, attention_at="input", narrow=False)}
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "HeadConfig":
@@ -36,12 +46,17 @@ class HeadConfig:
             raise UsageError(f"unknown head preset '{name}': use one of {', '.join(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
+    def width_for(self, split_channels: int, features: int) -> int:
+        width = self.width or min(128, max(16, features // 4))
+        return min(width, max(16, split_channels)) if self.narrow else width
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class Attention(nn.Module):
-    """conv3x3/2 -> BN -> ReLU -> deconv4x4/2 -> BN -> sigmoid; the mask gates the exit's input."""
+    """conv3x3/2 -> BN -> ReLU -> deconv4x4/2 -> BN -> sigmoid; the mask gates the features it is given
+    (the split's output in the paper's position, the head's reduced features in the `reduced` one)."""
 
     def __init__(self, channels: int, reduction: int = 1):
         super().__init__()
@@ -51,25 +66,34 @@ class Attention(nn.Module):
 
     def forward(self, x):
         mask = self.up(self.down(x))
-        # odd sizes: the deconv gives 2 * ceil(H / 2) = H + 1, crop back
-        mask = mask[..., : x.shape[-2], : x.shape[-1]]
+        if mask.shape[-2:] != x.shape[-2:]:  # odd sizes: the deconv gives 2 * ceil(H / 2) = H + 1, crop back
+            mask = mask[..., : x.shape[-2], : x.shape[-1]]
         return x * torch.sigmoid(mask)
 
 
 class ExitHead(nn.Module):
-    """1x1 reduce -> strided conv down to the last stage's resolution -> 1x1 expand -> pool -> linear."""
+    """1x1 reduce -> strided conv down to the last stage's resolution -> [attention] -> 1x1 expand ->
+    pool -> linear. ``attention`` (the ``reduced`` position) gates the reduced features."""
 
-    def __init__(self, in_channels: int, width: int, stride: int, out_channels: int, num_classes: int):
+    def __init__(self, in_channels: int, width: int, stride: int, out_channels: int, num_classes: int,
+                 attention: Optional[nn.Module] = None):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, width, stride, stride, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
         )
+        if attention is not None:  # registered only when used: earlier model files have no such key
+            self.attention = attention
         self.fc = nn.Linear(out_channels, num_classes)
 
     def forward(self, x, return_feature: bool = False):
-        feature = F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+        attention = getattr(self, "attention", None)
+        for i, layer in enumerate(self.body):
+            if i == 6 and attention is not None:
+                x = attention(x)
+            x = layer(x)
+        feature = F.adaptive_avg_pool2d(x, 1).flatten(1)
         logits = self.fc(feature)
         return (logits, feature) if return_feature else logits
 
@@ -124,14 +148,20 @@ class ScanModel(nn.Module):
         self.sections = [backbone.unit_names[a + 1: b + 1] for a, b in zip(bounds[:-1], bounds[1:])]
         final_c, final_h, _ = shapes["__final__"]
         expand = shapes["__pre_logits__"]
-        width = head.width or min(128, max(16, expand // 4))
+        if head.attention_at not in ("input", "reduced"):
+            from .errors import UsageError
+
+            raise UsageError(f"attention_at={head.attention_at!r}: use input or reduced")
+        at_input = head.attention and head.attention_at == "input"
         self.attentions = nn.ModuleList()
         self.heads = nn.ModuleList()
         for m in split_modules:
             c, h, _ = shapes[m]
+            width = head.width_for(c, expand)
             stride = max(1, round(h / final_h))
-            self.attentions.append(Attention(c, head.attention_reduction) if head.attention else nn.Identity())
-            self.heads.append(ExitHead(c, width, stride, expand, num_classes))
+            self.attentions.append(Attention(c, head.attention_reduction) if at_input else nn.Identity())
+            inner = Attention(width, head.attention_reduction) if head.attention and not at_input else None
+            self.heads.append(ExitHead(c, width, stride, expand, num_classes, attention=inner))
 
     @property
     def num_exits(self) -> int:

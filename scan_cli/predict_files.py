@@ -85,35 +85,48 @@ def _shallow(thresholds, num_exits: int) -> list:
     return out
 
 
-def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str] = None,
-                target_acc: Optional[float] = None, score: Optional[str] = None,
-                fallback: Optional[str] = None) -> ExitPolicy:
-    """The thresholds for one call: explicit ``thresholds`` > a fresh ``target_acc`` calibration
-    (not saved) > the artifact's calibration > none (every image answered by the last exit)."""
+def check_flags(*, batch_size: int = 64, top_k: int = 1, channels_last: Optional[str] = "auto",
+                score: Optional[str] = None, fallback: Optional[str] = None, target_acc: Optional[float] = None,
+                thresholds: Optional[str] = None) -> None:
+    """Usage errors that need no run, no model and no image: checked before anything else."""
     from .scoring import SCORES
 
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: give a positive number")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: give a positive number")
+    if (channels_last or "auto").lower() not in ("auto", "on", "off"):
+        raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
     if thresholds is not None and target_acc is not None:
         raise UsageError("--thresholds and --target-acc both choose the thresholds: pass only one")
     if score is not None and score not in SCORES:
         raise UsageError(f"unknown score '{score}': use one of {', '.join(SCORES)}")
     if fallback is not None and fallback not in FALLBACKS:
         raise UsageError(f"unknown fallback '{fallback}': use one of {', '.join(FALLBACKS)}")
+    if target_acc is not None and not 0.0 < target_acc <= 1.0:
+        raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
+
+
+def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str] = None,
+                target_acc: Optional[float] = None, score: Optional[str] = None,
+                fallback: Optional[str] = None, device: Optional[str] = None) -> ExitPolicy:
+    """The thresholds for one call: explicit ``thresholds`` > a fresh ``target_acc`` calibration
+    (not saved) > the artifact's calibration > none (every image answered by the last exit).
+
+    Thresholds keep their promise only for the score and fallback they were searched for: another
+    ``--fallback`` recalibrates for it (same target, validation data, not saved); another
+    ``--score`` is refused."""
+    from .calibration.run import calibrate_run
+
+    check_flags(score=score, fallback=fallback, target_acc=target_acc, thresholds=thresholds)
     cal = info.calibration or None
     if thresholds is not None:
         return ExitPolicy(parse_thresholds(thresholds, num_exits),
                           score or (cal or {}).get("score") or "max_softmax",
                           fallback or (cal or {}).get("fallback") or "last", source="--thresholds")
     if target_acc is not None:
-        if not 0.0 < target_acc <= 1.0:
-            raise UsageError(f"--target-acc {target_acc} is not an accuracy: give a fraction in (0, 1], e.g. 0.95")
-        from .calibration.run import calibrate_run
-
-        kwargs = {}
-        if score is not None:
-            kwargs["score"] = score
-        if fallback is not None:
-            kwargs["fallback"] = fallback
-        result = calibrate_run(run_dir, target_acc=target_acc, save=False, **kwargs)
+        kwargs = {k: v for k, v in (("score", score), ("fallback", fallback)) if v is not None}
+        result = calibrate_run(run_dir, target_acc=target_acc, save=False, device=device or "auto", **kwargs)
         return ExitPolicy(_shallow(result["thresholds"], num_exits), result.get("score") or score or "max_softmax",
                           result.get("fallback") or fallback or "last", source=f"--target-acc {target_acc:g}")
     if cal is None or not cal.get("thresholds"):
@@ -128,8 +141,18 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
             f"the run's thresholds were calibrated for score '{cal_score}', not '{score}': "
             "pass --target-acc or --thresholds together with --score"
         )
-    return ExitPolicy(_shallow(cal["thresholds"], num_exits), cal_score, fallback or cal.get("fallback") or "last",
-                      source="calibration")
+    cal_fallback = cal.get("fallback") or "last"
+    if fallback is not None and fallback != cal_fallback:
+        settings = {k: v for k, v in (cal.get("settings") or {}).items() if v is not None}
+        if not any(k in settings for k in ("target_acc", "max_drop", "budget")):
+            raise UsageError(f"the run's thresholds were calibrated for --fallback {cal_fallback}: pass --target-acc or "
+                             f"--thresholds together with --fallback {fallback}")
+        log.info(f"the run's thresholds were calibrated for --fallback {cal_fallback}: recalibrating for --fallback "
+                 f"{fallback} with the same target on the validation data (not saved)")
+        result = calibrate_run(run_dir, save=False, score=cal_score, fallback=fallback, device=device or "auto", **settings)
+        return ExitPolicy(_shallow(result["thresholds"], num_exits), cal_score, fallback,
+                          source=f"recalibrated for --fallback {fallback}")
+    return ExitPolicy(_shallow(cal["thresholds"], num_exits), cal_score, cal_fallback, source="calibration")
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -182,18 +205,6 @@ def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> in
     if workers is not None:
         return workers
     return default_num_workers() if num_images > batch_size else 0
-
-
-def use_channels_last(mode: Optional[str], model) -> bool:
-    """--channels-last auto|on|off. auto: on for convolutional backbones (on CPU it roughly halves
-    the time of the exit heads' 1x1 convolutions at full resolution; on CUDA it is the fast
-    layout), off for ViTs, whose blocks do not see 4-D tensors."""
-    mode = (mode or "auto").lower()
-    if mode not in ("auto", "on", "off"):
-        raise UsageError(f"--channels-last '{mode}': use auto, on or off")
-    if mode == "auto":
-        return getattr(model.backbone, "family", "") != "vit"
-    return mode == "on"
 
 
 def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,
@@ -297,7 +308,7 @@ def summarize(predictions: list, num_errors: int, num_exits: int, costs: list, b
 
 # -- the whole command -----------------------------------------------------------------------------
 def load_for_prediction(run: Optional[str], device=None):
-    """(run_dir, model on device, info, transform, costs, backbone_macs) for a run folder."""
+    """(run_dir, model on device, info, transform, CascadeCosts, backbone_macs) for a run folder."""
     from .artifact import load
     from .data import eval_transform
     from .profiling import cascade_costs
@@ -306,36 +317,43 @@ def load_for_prediction(run: Optional[str], device=None):
     run_dir = resolve_run(run)
     model, info = load(model_path(run_dir), device=device or "cpu")
     transform = eval_transform(info.data_config, info.input_size)
-    costs, backbone_macs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
-    return run_dir, model, info, transform, [float(c) for c in costs], float(backbone_macs)
+    costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
+    return run_dir, model, info, transform, costs, float(costs.backbone_macs)
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None,
             top_k: int = 1, progress: bool = True, channels_last: Optional[str] = "auto") -> PredictionReport:
-    """`scan predict`: find the images, load the run, choose the thresholds, predict."""
-    from .images import find_images
+    """`scan predict`: check the flags, find the run and the images, choose the thresholds, predict.
 
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: give a positive number")
-    if top_k < 1:
-        raise UsageError(f"--top-k {top_k}: give a positive number")
-    if (channels_last or "auto").lower() not in ("auto", "on", "off"):
-        raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
+    Everything that can be wrong without a model (flags, the run folder, the images) is reported
+    before torch or the model is loaded."""
+    from .artifact import read_info
+    from .devices import resolve_device
+    from .images import find_images
+    from .runs import model_path, resolve_run
+
+    check_flags(batch_size=batch_size, top_k=top_k, channels_last=channels_last, score=score, fallback=fallback,
+                target_acc=target_acc, thresholds=thresholds)
     from .images import max_image_pixels
 
     max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, not one error row per image
+    run_dir = resolve_run(run)
+    info = read_info(model_path(run_dir))
+    num_exits = len(info.split_points) + 1
+    if thresholds is not None:
+        parse_thresholds(thresholds, num_exits)
     paths = find_images(list(inputs))
-    from .devices import resolve_device
-
     dev = resolve_device(device)
-    run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(run, dev)
-    policy = exit_policy(info, run_dir, model.num_exits, thresholds=thresholds, target_acc=target_acc,
-                         score=score, fallback=fallback)
-    report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=costs,
-                           backbone_macs=backbone_macs, batch_size=batch_size,
-                           workers=_workers_for(workers, len(paths), batch_size), device=dev,
+    policy = exit_policy(info, run_dir, num_exits, thresholds=thresholds, target_acc=target_acc,
+                         score=score, fallback=fallback, device=str(dev))
+    run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(str(run_dir), dev)
+    from .devices import use_channels_last
+
+    report = predict_paths(model, paths, transform, policy, classes=info.classes,
+                           costs=costs.for_policy(policy.thresholds, policy.fallback), backbone_macs=backbone_macs,
+                           batch_size=batch_size, workers=_workers_for(workers, len(paths), batch_size), device=dev,
                            top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model))
     report.summary["run"] = str(run_dir)
     return report

@@ -199,48 +199,6 @@ def read_checkpoint_recipe(run_dir: Path) -> tuple[Recipe, dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------------
-def exit_accuracies(logits, labels) -> dict:
-    """Per-exit accuracy and the ensemble (mean logits), from [n, K, C] logits."""
-    preds = logits.argmax(-1)
-    per_exit = (preds == labels[:, None]).float().mean(0).tolist()
-    ensemble = float((logits.mean(1).argmax(-1) == labels).float().mean())
-    return {"exits": per_exit, "ensemble": ensemble, "n": int(labels.numel())}
-
-
-def exits_beating_last(logits, labels, z: float = 2.0) -> list[dict]:
-    """Shallow exits more accurate than the last one by more than noise: a paired sign test on the
-    images where exactly one of the two is right (b: only exit k, c: only the last), flagged when
-    b - c > z * sqrt(b + c)."""
-    preds = logits.argmax(-1)
-    right = preds == labels[:, None]
-    last = right[:, -1]
-    out = []
-    for k in range(logits.shape[1] - 1):
-        b = int((right[:, k] & ~last).sum())
-        c = int((~right[:, k] & last).sum())
-        if b + c and b - c > z * math.sqrt(b + c):
-            out.append({"exit": k + 1, "accuracy": float(right[:, k].float().mean()),
-                        "last_accuracy": float(last.float().mean()), "only_this": b, "only_last": c})
-    return out
-
-
-def exit_order_warning(logits, labels, split: str = "validation") -> Optional[str]:
-    """One line for people when an earlier exit beats the last one beyond noise, else None."""
-    found = exits_beating_last(logits, labels)
-    if not found:
-        return None
-    K = logits.shape[1]
-    best = max(found, key=lambda f: f["accuracy"])
-    return (f"exit {best['exit']}/{K} is more accurate than the last exit on {split} data "
-            f"({100 * best['accuracy']:.1f} % vs {100 * best['last_accuracy']:.1f} %; {best['only_this']} images only it "
-            f"gets right, {best['only_last']} only the last): --max-drop is measured against the last exit, so it "
-            "promises little here. Try more --epochs, the default loss (--loss scan), or training on a trained "
-            "backbone (--weights FILE --mode heads)")
-
-
-# ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -266,7 +224,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     import torch
 
     from .data import SkippedImages, load_data, make_loader
-    from .exit_outputs import collect_exit_outputs
+    from .exit_outputs import collect_exit_outputs, exit_accuracies
     from .model import HeadConfig
     from .progress import StepClock, make_progress
     from .recipes import available, describe, resolve
@@ -413,7 +371,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
                 data_config, img_size, device, run_dir, summary) -> dict:
     """The final artifact, with metrics on validation and (if any) test."""
     from . import artifact
-    from .exit_outputs import collect_exit_outputs
+    from .exit_outputs import collect_exit_outputs, exit_accuracies, exit_order_warning
     from .runs import mark_latest
 
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")

@@ -59,7 +59,7 @@ def _torch_load(path: Path):
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         unsafe = _unsafe_globals(path)
         what = f" ({', '.join(unsafe[:3])})" if unsafe else ""
         raise ScanError(f"--weights {path} contains pickled Python objects other than tensors{what}, which scan "

@@ -4,6 +4,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("SCAN_PROGRESS", "0")
+if "SCAN_CACHE_DIR" not in os.environ:  # scan's own cache (timm's model list) goes to a temporary folder
+    import tempfile
+
+    os.environ["SCAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="scan-cache-")
 
 import pytest  # noqa: E402
 

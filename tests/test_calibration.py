@@ -333,3 +333,72 @@ def test_guarantee_holds_in_simulation():
     assert certified >= 180  # the guarantee is usable here, not vacuous
     assert misses / splits <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / splits)
     assert plain_misses / splits >= 0.3
+
+
+# -- switching exits off: a never-firing exit runs nothing and costs nothing ---------------------------
+def cascade_with_heads(seed, n, K, levels=None):
+    """Random exits whose heads are expensive enough that switching some off pays."""
+    rng = np.random.default_rng(seed)
+    data = random_cascade(seed, n, K, levels)
+    heads = rng.uniform(0.2, 0.8, K - 1)
+    backbone = np.cumsum(rng.uniform(0.1, 1.0, K))
+    costs = backbone.copy()
+    costs[: K - 1] += np.cumsum(heads)
+    costs[K - 1] += heads.sum()
+    return CascadeData(data.scores, data.correct, costs, heads)
+
+
+def test_a_switched_off_exit_costs_nothing():
+    data = CascadeData([[0.9, 0.2, 0.0], [0.1, 0.8, 0.0]], [[True, True, True]] * 2, [3.0, 6.0, 8.0], [1.0, 2.0])
+    # backbone: 2, 4, 5; heads 1 and 2
+    assert summarize(data, [np.inf, np.inf])["expected_cost"] == 5.0  # exactly the plain backbone
+    assert summarize(data, [np.inf, 0.5])["expected_cost"] == pytest.approx((4 + 2 + 4 + 2) / 2)
+    assert summarize(data, [0.5, np.inf])["expected_cost"] == pytest.approx((2 + 1 + 5 + 1) / 2)
+    no_heads = CascadeData(data.scores, data.correct, data.costs)  # e.g. the ensemble fallback: heads always run
+    assert summarize(no_heads, [np.inf, np.inf])["expected_cost"] == 8.0
+
+
+@pytest.mark.parametrize("K,n,levels,seed", [(2, 20, None, 0), (3, 16, None, 1), (3, 18, 4, 2), (4, 10, 3, 3), (4, 9, None, 4)])
+def test_front_with_switch_off_equals_brute_force(K, n, levels, seed):
+    data = cascade_with_heads(seed, n, K, levels)
+    front = pareto_front(data)
+    assert front.exact
+    np.testing.assert_allclose(front.cost, brute_force(data), rtol=1e-12, atol=0)  # brute force prices inf at 0
+    for c in range(n + 1):
+        if np.isfinite(front.cost[c]):
+            s = summarize(data, front.thresholds[c])
+            assert round(s["accuracy"] * n) == front.achieved[c] >= c and s["expected_cost"] == front.cost[c]
+    fixed = pareto_front(CascadeData(data.scores, data.correct, data.costs))
+    assert np.all(front.cost <= fixed.cost)  # switching off can only help
+
+
+def test_the_search_switches_an_expensive_useless_exit_off():
+    rng = np.random.default_rng(0)
+    n = 40
+    scores = np.column_stack([rng.random(n), rng.random(n), np.zeros(n)])
+    correct = np.column_stack([rng.random(n) < 0.5, np.zeros(n, bool), np.ones(n, bool)])  # exit 2 always wrong
+    data = CascadeData(scores, correct, [2.0, 13.0, 14.0], heads=[1.0, 10.0])
+    result = calibrate(data, target_acc=1.0)
+    assert result.thresholds[1] == np.inf and result.exit_shares[1] == 0
+    assert result.expected_cost <= summarize(data, [np.inf, np.inf])["expected_cost"] == 3.0
+
+
+def test_binomial_interval_matches_clopper_pearson():
+    from scan_cli.calibration.guarantee import binomial_interval
+
+    lo, hi = binomial_interval(95, 100)
+    assert lo == pytest.approx(0.8872, abs=2e-4) and hi == pytest.approx(0.9836, abs=2e-4)
+    assert binomial_interval(0, 10)[0] == 0.0 and binomial_interval(10, 10)[1] == 1.0
+    assert binomial_interval(10, 10)[0] == pytest.approx(0.025 ** (1 / 10), abs=1e-6)
+
+
+def test_operating_points_hold_no_dominated_row():
+    data = random_cascade(3, 300, 4)
+    result = calibrate(data, max_drop=0.01)
+    points = result.pareto
+    assert result.val_accuracy_interval[0] <= result.val_accuracy <= result.val_accuracy_interval[1]
+    for p in points:
+        if p["label"] == "chosen":
+            continue
+        assert not any(q is not p and q["cost"] <= p["cost"] and q["accuracy"] >= p["accuracy"]
+                       and (q["cost"] < p["cost"] or q["accuracy"] > p["accuracy"]) for q in points)

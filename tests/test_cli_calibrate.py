@@ -90,3 +90,14 @@ def test_latest_run_is_the_default(run_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("SCAN_RUNS_DIR", str(tmp_path / "empty-runs"))
     code, _, err = run_cli("calibrate", "--max-drop", "0.01")
     assert code == 1 and "scan fit" in err
+
+
+def test_the_promise_is_said_honestly(run, run_cli):
+    """The validation estimate comes with its binomial interval and a pointer to --confidence; evaluate
+    says where images were answered, not 'left'."""
+    code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.0")
+    assert code == 0, err
+    assert "95% interval" in out and "--confidence" in out
+    code, out, err = run_cli("evaluate", "--run", str(run))
+    assert code == 0, err
+    assert "answered here" in out and "left" not in out

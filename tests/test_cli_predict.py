@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -261,9 +262,24 @@ def test_target_acc_runs_the_real_calibration_for_this_call_only(run_cli, traine
     with torch.no_grad():
         all_logits = torch.stack([o.float() for o in model(decoded_batch(test_images, info))], dim=1)
     preds, exits = simulate_cascade(all_logits, thresholds)
-    assert [p["exit_index"] for p in doc["predictions"]] == exits.tolist() and len(set(exits.tolist())) >= 2
+    assert [p["exit_index"] for p in doc["predictions"]] == exits.tolist()
+    assert min(exits.tolist()) < 3  # images leave early: not the uncalibrated run's last exit for all
     assert [p["label"] for p in doc["predictions"]] == [info.classes[c] for c in preds]
     assert "from --target-acc 0.8" in err
+
+
+def test_target_acc_override(run_cli, run, images, monkeypatch):
+    seen = []
+
+    def calibrate_run(run_dir, **kw):
+        seen.append((Path(run_dir), kw))
+        return {"thresholds": [None, None, 0.0, None], "score": "max_softmax", "fallback": "last"}
+
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
+    code, doc, err = predict_json(run_cli, images, "--run", run, "--target-acc", "0.97")
+    assert code == 0 and seen == [(run, {"target_acc": 0.97, "save": False, "device": "cpu"})]  # --device is passed on
+    assert {p["exit"] for p in doc["predictions"]} == {3}
+    assert "from --target-acc 0.97" in err
 
 
 def test_missing_calibration_says_so_and_uses_the_last_exit(run_cli, uncalibrated, images):

@@ -467,7 +467,9 @@ def test_aliases_resolve_without_network():
     assert resolve_alias("CIFAR10") == "uoft-cs/cifar10"
     assert resolve_alias("cifar100") == "uoft-cs/cifar100"
     assert resolve_alias("someone/thing") == "someone/thing"
-    assert set(DATASET_ALIASES.values()) == {"ILSVRC/imagenet-1k", "uoft-cs/cifar10", "uoft-cs/cifar100"}
+    assert resolve_alias("fashion-mnist") == "zalando-datasets/fashion_mnist" and resolve_alias("mnist") == "ylecun/mnist"
+    assert set(DATASET_ALIASES.values()) == {"ILSVRC/imagenet-1k", "uoft-cs/cifar10", "uoft-cs/cifar100",
+                                             "zalando-datasets/fashion_mnist", "ylecun/mnist"}
 
 
 def test_paths_and_hub_ids_are_told_apart():

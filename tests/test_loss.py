@@ -99,7 +99,7 @@ def _exit_logits(right_matrix):
 
 
 def test_warns_when_an_earlier_exit_beats_the_last_beyond_noise():
-    from scan_cli.training import exit_order_warning, exits_beating_last
+    from scan_cli.exit_outputs import exit_order_warning, exits_beating_last
 
     n = 200
     right = np.ones((n, 3), dtype=bool)
@@ -114,7 +114,7 @@ def test_warns_when_an_earlier_exit_beats_the_last_beyond_noise():
 
 
 def test_no_warning_within_noise():
-    from scan_cli.training import exit_order_warning
+    from scan_cli.exit_outputs import exit_order_warning
 
     right = np.ones((200, 2), dtype=bool)
     right[:6, 1] = False  # 6 vs 3: b - c = 3 < 2 * sqrt(9)

@@ -30,8 +30,27 @@ def test_paper_heads_are_full_width_and_slim_are_not():
     paper = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("paper"), input_size=64)
     slim = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=64)
     c = spec.split_points[2].channels
-    assert paper.attentions[2].down[0].out_channels == c
-    assert slim.attentions[2].down[0].out_channels < c
+    assert paper.attentions[2].down[0].out_channels == c  # the paper: full width, on the split's features
+    assert isinstance(slim.attentions[2], torch.nn.Identity)  # slim: inside the head, on its reduced features
+    assert slim.heads[2].attention.down[0].in_channels == slim.heads[2].body[3].out_channels < c
+    assert slim.heads[0].body[0].out_channels <= spec.split_points[0].channels  # narrow: no wider than the split
+
+
+def test_slim_attention_gates_the_reduced_features(monkeypatch):
+    spec = default_registry().get("test_resnet")
+    slim = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=64).eval()
+    seen = []
+    head = slim.heads[1]
+    monkeypatch.setattr(head.attention, "forward", lambda x: seen.append(tuple(x.shape)) or x)
+    slim(torch.randn(2, 3, 64, 64))
+    assert seen[0][1] == head.body[3].out_channels and seen[0][2] == 2  # the last stage's resolution (64 / 32)
+
+
+def test_earlier_model_files_keep_their_head_shape():
+    """A head config written before attention_at/narrow existed builds the old architecture."""
+    old = HeadConfig(width=None, attention=True, attention_reduction=8)
+    m = build_scan_model(default_registry().get("test_resnet"), num_classes=3, head=old, input_size=64)
+    assert not isinstance(m.attentions[0], torch.nn.Identity) and not hasattr(m.heads[0], "attention")
 
 
 def test_forward_gives_every_exit(model):

@@ -250,7 +250,7 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
     info = read_info(run_dir / "model.safetensors")
     p = exit_policy(info, run_dir, 4, target_acc=0.93)
-    assert calls == [(run_dir, {"target_acc": 0.93, "save": False})]
+    assert calls == [(run_dir, {"target_acc": 0.93, "save": False, "device": "auto"})]
     assert (p.thresholds, p.fallback) == ([0.8, None, 0.6], "ensemble")
     with pytest.raises(UsageError):
         exit_policy(info, run_dir, 4, target_acc=93)
@@ -311,7 +311,7 @@ def test_given_thresholds_equal_the_cascade_simulation(loaded, images, fallback)
 def test_channels_last_gives_the_same_answers(run_dir, images):
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
-    from scan_cli.predict_files import use_channels_last
+    from scan_cli.devices import use_channels_last
 
     model, info = load(run_dir / "model.safetensors")  # its own copy: the layout is changed in place
     x = decoded_batch(images, info)
@@ -409,6 +409,32 @@ def test_find_images_errors_are_one_line(tmp_path):
         with pytest.raises(ScanError) as exc:
             find_images([arg])
         assert "\n" not in str(exc.value)
+
+
+def test_another_fallback_recalibrates_for_it(run_dir, monkeypatch):
+    """Thresholds searched for --fallback last do not keep their promise under ensemble: recalibrate."""
+    import sys
+    import types
+
+    from scan_cli.artifact import read_info, update_metadata
+    from scan_cli.predict_files import exit_policy
+
+    calls = []
+
+    def calibrate_run(run, **kw):
+        calls.append(kw)
+        return {"thresholds": [0.7, 0.7, 0.7, None], "score": "max_softmax", "fallback": kw["fallback"]}
+
+    update_metadata(run_dir / "model.safetensors", calibration={
+        "thresholds": [0.9, 0.9, 0.9, None], "score": "max_softmax", "fallback": "last",
+        "settings": {"target_acc": None, "max_drop": 0.01, "budget": None, "confidence": None}})
+    monkeypatch.setitem(sys.modules, "scan_cli.calibration.run", types.SimpleNamespace(calibrate_run=calibrate_run))
+    info = read_info(run_dir / "model.safetensors")
+    same = exit_policy(info, run_dir, 4, fallback="last")
+    assert calls == [] and same.thresholds == [0.9, 0.9, 0.9]
+    other = exit_policy(info, run_dir, 4, fallback="ensemble")
+    assert calls == [{"save": False, "score": "max_softmax", "fallback": "ensemble", "device": "auto", "max_drop": 0.01}]
+    assert other.thresholds == [0.7, 0.7, 0.7] and other.fallback == "ensemble" and "recalibrated" in other.source
 
 
 # -- from files to answers (issue 10 item 5) -------------------------------------------------------

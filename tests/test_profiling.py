@@ -222,7 +222,7 @@ def run_dir(tmp_path):
 
 
 def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
-    cumulative, backbone = profiling.cascade_costs(run_dir)
+    cumulative, backbone, heads = profiling.cascade_costs(run_dir)
     cache = list((run_dir / "cache").glob("macs-*-16.json"))
     assert len(cache) == 1
     from scan_cli.artifact import artifact_fingerprint
@@ -235,7 +235,7 @@ def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
 
     monkeypatch.setattr(macs, "count_macs", boom)
     macs._MEMORY_CACHE.clear()
-    assert profiling.cascade_costs(str(run_dir)) == (cumulative, backbone)
+    assert profiling.cascade_costs(str(run_dir)) == (cumulative, backbone, heads)
     assert profiling.cascade_costs(run_dir)[0] == cumulative
 
 

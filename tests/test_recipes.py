@@ -27,7 +27,7 @@ def test_flip_except_for_digits(data, flip):
 
 def test_learning_rate_scales_with_the_global_batch():
     joint = resolve(Recipe(batch_size=64), img_size=32, mode="joint")
-    assert joint.lr == pytest.approx(0.2 * 64 / 256)
+    assert joint.lr == pytest.approx(0.4 * 64 / 256)
     ddp = resolve(Recipe(batch_size=64), img_size=32, mode="joint", world_size=4)
     assert ddp.lr == pytest.approx(4 * joint.lr)
     heads = resolve(Recipe(batch_size=128), img_size=224, mode="heads")
@@ -61,7 +61,7 @@ def test_bad_values_are_usage_errors(key, value):
 def test_describe_names_the_key_values():
     r = resolve(Recipe(data="digits", epochs=12), img_size=16, mode="joint")
     line = describe(r, None)
-    for part in ("recipe defaults", "12 epochs", "batch 64", "lr 0.05", "cosine", "pad-and-crop", "16 px", "no flip",
+    for part in ("recipe defaults", "12 epochs", "batch 64", "lr 0.1", "cosine", "pad-and-crop", "16 px", "no flip",
                  "loss scan"):
         assert part in line, (part, line)
 

@@ -72,7 +72,7 @@ def test_paper_schedule():
 # -- recipes ----------------------------------------------------------------------------------------
 def test_recipe_precedence_and_unknown_key(tmp_path):
     r = load_recipe("digits-cpu", {"epochs": 3, "lr": None})
-    assert r.epochs == 3 and r.lr == 0.05 and r.backbone == "resnet10_cifar"
+    assert r.epochs == 3 and r.lr == 0.1 and r.backbone == "resnet10_cifar"
     assert load_recipe(None).epochs == Recipe().epochs
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = 2\nlearning_rate = 0.1\n")

@@ -198,8 +198,12 @@ def _spec(model_id: str, family: str, input_size: int, splits) -> BackboneSpec:
 
 def resolve(model_id: str):
     """A spec for any timm model of a supported family, from a dry-run forward on the meta device."""
+    known = known_timm_models()
+    if known is not None and model_id not in known:
+        return None  # reported as unknown without importing timm (about 5 s)
     import timm
 
+    remember_timm_models(timm)
     if not timm.is_model(model_id):
         return None
     from .shapes import derive_split_points
@@ -214,6 +218,47 @@ def resolve(model_id: str):
     splits = derive_split_points(staged, size, device="meta")
     return BackboneSpec(id=model_id, family=family, input_size=size, split_points=tuple(splits),
                         build=_builder(model_id), description=f"timm {model_id} (split points derived)")
+
+
+def _model_list_path():
+    import os
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        version = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
+    root = os.environ.get("SCAN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "scan-cli")
+    return Path(root) / f"timm-{version}-models.json"
+
+
+def known_timm_models():
+    """timm's model names, as recorded for the installed timm version, or None when not recorded yet."""
+    import json
+
+    path = _model_list_path()
+    try:
+        return set(json.loads(path.read_text())) if path is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def remember_timm_models(timm) -> None:
+    """Record timm's model names (once per timm version), so later unknown ids fail fast."""
+    import json
+
+    path = _model_list_path()
+    if path is None or path.exists():
+        return
+    try:
+        from ..artifact import atomic_write
+
+        names = json.dumps(sorted(timm.list_models()))
+        atomic_write(path, lambda tmp: open(tmp, "w").write(names))
+    except OSError:  # a read-only home: just slower next time
+        pass
 
 
 def _meta_device():

@@ -2,8 +2,11 @@
 
 Model of a cascade with ``K`` exits on ``n`` validation images (see docs/ARCHITECTURE.md):
 an image leaves at the first exit ``k < K-1`` whose score is ``>=`` ``thresholds[k]``, otherwise
-at exit ``K-1``, which always answers. ``+inf`` means "this exit never fires". Every cost the
-package reports is computed by ``_expected_cost``, so the search and a re-simulation agree to the bit.
+at exit ``K-1``, which always answers. ``+inf`` means "this exit never fires", and such an exit is switched off: when the
+data carries the shallow heads' own costs (``heads``), it runs nothing and costs nothing
+(``effective_costs``), so switching an exit off is one more choice the search can make. Every cost
+the package reports is computed by ``_expected_cost``, so the search and a re-simulation agree to
+the bit.
 
 Pure numpy: no torch, no printing.
 """
@@ -33,12 +36,17 @@ class CascadeData:
     scores:  [n, K] float, higher = more confident (column K-1 is not used for routing).
     correct: [n, K] bool, whether exit k's answer is right; column K-1 is the answer given when an
              image reaches the end (last exit or ensemble, the caller decides).
-    costs:   [K] float, cumulative MACs of answering at exit k (weakly increasing).
+    costs:   [K] float, cumulative MACs of answering at exit k with every exit switched on
+             (weakly increasing).
+    heads:   [K-1] float or None, MACs of each shallow exit's own attention + head. Given, an exit
+             whose threshold is inf is switched off and priced at zero (``effective_costs``);
+             None (e.g. the ensemble fallback, which needs every head's logits): never switched off.
     """
 
     scores: np.ndarray
     correct: np.ndarray
     costs: np.ndarray
+    heads: np.ndarray | None = None
 
     def __post_init__(self):
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -57,6 +65,15 @@ class CascadeData:
             raise ScanError("exit costs must be finite and non-negative")
         if np.any(np.diff(self.costs) < 0):
             raise ScanError(f"exit costs must be cumulative (weakly increasing), got {self.costs.tolist()}")
+        if self.heads is not None:
+            self.heads = np.asarray(self.heads, dtype=np.float64).reshape(-1)
+            if self.heads.shape != (self.K - 1,) or not np.all(np.isfinite(self.heads)) or np.any(self.heads < 0):
+                raise ScanError(f"need one finite, non-negative head cost per shallow exit ({self.K - 1})")
+            backbone = self.costs.copy()
+            backbone[: self.K - 1] -= np.cumsum(self.heads)
+            backbone[self.K - 1] -= self.heads.sum()
+            if np.any(backbone < -1e-6 * max(1.0, self.costs[-1])) or np.any(np.diff(backbone) < -1e-6 * max(1.0, self.costs[-1])):
+                raise ScanError("head costs exceed the cumulative costs they are part of: recount them")
         if not np.isfinite(self.scores[:, :-1]).all():
             raise ScanError("exit scores contain NaN or inf: recompute the cached outputs (a diverged exit head?)")
 
@@ -69,7 +86,28 @@ class CascadeData:
         return self.scores.shape[1]
 
     def subset(self, index) -> "CascadeData":
-        return CascadeData(self.scores[index], self.correct[index], self.costs)
+        return CascadeData(self.scores[index], self.correct[index], self.costs, self.heads)
+
+    def costs_for(self, thresholds) -> np.ndarray:
+        """[K] cumulative costs under ``thresholds`` (K-1 shallow values): switched-off exits cost 0."""
+        return effective_costs(self.costs, self.heads, thresholds)
+
+
+def effective_costs(costs, heads, thresholds) -> np.ndarray:
+    """Cumulative MACs of answering at each exit when the shallow exits whose threshold is ``None`` or
+    inf are switched off (their attention and head never run). ``thresholds``: K-1 shallow values
+    (a K-th is ignored); ``heads``: each shallow exit's own MACs, or None when nothing can be switched
+    off. The one cost rule for calibrate, evaluate, profile and predict."""
+    costs = np.asarray(costs, dtype=np.float64).copy()
+    if heads is None:
+        return costs
+    heads = np.asarray(heads, dtype=np.float64)
+    K = costs.shape[0]
+    off = np.array([t is None or not math.isfinite(float(t)) for t in list(thresholds)[: K - 1]], dtype=bool)
+    saved = np.cumsum(np.where(off, heads, 0.0))
+    costs[: K - 1] -= saved
+    costs[K - 1] -= saved[-1] if K > 1 else 0.0
+    return costs
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,12 +160,23 @@ def _simulate_many(data: CascadeData, T: np.ndarray):
 
 
 def _expected_cost(exit_counts: np.ndarray, costs: np.ndarray, n: int):
-    """Mean cost per image from per-exit counts. Every reported cost is computed this one way."""
+    """Mean cost per image from per-exit counts. Every reported cost is computed this one way.
+
+    ``costs``: [K], or [P, K] with one cost vector per row of ``exit_counts`` [P, K]."""
     counts = np.asarray(exit_counts)
+    costs = np.asarray(costs)
     total = np.zeros(counts.shape[:-1])
     for k in range(counts.shape[-1]):  # a fixed order, so equal counts always give equal floats
-        total = total + counts[..., k] * costs[k]
+        total = total + counts[..., k] * (costs[..., k] if costs.ndim == 2 else costs[k])
     return total / n
+
+
+def _costs_for_many(data: CascadeData, T: np.ndarray) -> np.ndarray:
+    """[P, K] effective costs of P threshold vectors (switched-off exits priced at zero)."""
+    T = np.asarray(T, dtype=np.float64)
+    if data.heads is None:
+        return np.broadcast_to(data.costs, (T.shape[0], data.K))
+    return np.stack([effective_costs(data.costs, data.heads, t) for t in T]) if T.shape[0] else np.zeros((0, data.K))
 
 
 def simulate(data: CascadeData, thresholds):
@@ -135,7 +184,7 @@ def simulate(data: CascadeData, thresholds):
     t = _shallow_thresholds(thresholds, data.K)
     exit_index = _route(data.scores[:, : data.K - 1], t[None, :])[0].astype(np.int64)
     correct = data.correct[np.arange(data.n), exit_index]
-    return exit_index, correct, data.costs[exit_index]
+    return exit_index, correct, data.costs_for(t)[exit_index]
 
 
 def summarize(data: CascadeData, thresholds) -> dict:
@@ -144,6 +193,6 @@ def summarize(data: CascadeData, thresholds) -> dict:
     counts = np.bincount(exit_index, minlength=data.K)
     return {
         "accuracy": float(correct.sum()) / data.n,
-        "expected_cost": float(_expected_cost(counts, data.costs, data.n)),
+        "expected_cost": float(_expected_cost(counts, data.costs_for(_shallow_thresholds(thresholds, data.K)), data.n)),
         "exit_shares": (counts / data.n).tolist(),
     }

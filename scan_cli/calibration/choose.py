@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .cascade import INF, CascadeData, TargetUnreachable, summarize
-from .guarantee import _certify
+from .guarantee import _certify, binomial_interval
 from .search import DEFAULT_MAX_EVALUATIONS, Front, _polish, pareto_front
 
 
@@ -26,6 +26,7 @@ class CalibrationResult:
     thresholds: list  # K entries: shallow thresholds (float, inf = never fires), last None
     # (json.dumps writes inf as Infinity, which json.loads reads back; there is no inf in strict JSON)
     val_accuracy: float
+    val_accuracy_interval: tuple  # 95 % Clopper-Pearson interval: where accuracy on fresh data can fall
     expected_cost: float  # mean MACs per image on the validation data
     speedup: float  # backbone_cost / expected_cost
     exit_shares: list
@@ -41,6 +42,7 @@ class CalibrationResult:
         return {
             "thresholds": list(self.thresholds),
             "val_accuracy": self.val_accuracy,
+            "val_accuracy_interval": list(self.val_accuracy_interval),
             "expected_cost": self.expected_cost,
             "cost_fraction": self.expected_cost / self.backbone_cost,
             "speedup": self.speedup,
@@ -82,7 +84,12 @@ def _summary_points(data, front, chosen, backbone_cost, count) -> list:
         if tuple(t) not in keys:
             keys.add(tuple(t))
             out.append(_operating_point(data, t, backbone_cost))
-    return sorted(out, key=lambda p: (p["cost"], p["accuracy"]))
+
+    def dominated(p):  # another point at most as costly and at least as accurate, better in one
+        return any(q is not p and q["cost"] <= p["cost"] and q["accuracy"] >= p["accuracy"]
+                   and (q["cost"] < p["cost"] or q["accuracy"] > p["accuracy"]) for q in out)
+
+    return sorted([p for p in out if p["label"] == "chosen" or not dominated(p)], key=lambda p: (p["cost"], p["accuracy"]))
 
 
 def calibrate(
@@ -176,6 +183,7 @@ def calibrate(
         method["gap_bound"] = gap
         method["gap_bound_fraction"] = gap / backbone_cost
     point = summarize(data, shallow)
+    ci = binomial_interval(int(round(point["accuracy"] * n)), n)
     if not front.exact:
         method["rounding_loss_bound"] = front.slack
         if budget is not None:  # the optimum within the budget is at most this much more accurate
@@ -183,6 +191,7 @@ def calibrate(
     return CalibrationResult(
         thresholds=[float(t) for t in shallow] + [None],
         val_accuracy=point["accuracy"],
+        val_accuracy_interval=ci,
         expected_cost=point["expected_cost"],
         speedup=backbone_cost / point["expected_cost"] if point["expected_cost"] > 0 else INF,
         exit_shares=point["exit_shares"],

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..errors import UsageError
-from .cascade import CascadeData, TargetUnreachable, _expected_cost, _simulate_many
+from .cascade import CascadeData, TargetUnreachable, _costs_for_many, _expected_cost, _simulate_many
 from .search import pareto_front
 
 
@@ -31,6 +31,25 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     logs = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
     top = logs.max()
     return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
+
+
+def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for an accuracy of ``correct`` / ``n``: where the accuracy on
+    fresh data from the same distribution lies with probability >= ``level``."""
+    alpha = (1 - level) / 2
+
+    def solve(f, lo=0.0, hi=1.0):  # f increasing in p; the p with f(p) = 0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if f(mid) > 0:
+                hi = mid
+            else:
+                lo = mid
+        return (lo + hi) / 2
+
+    lower = 0.0 if correct == 0 else solve(lambda p: (1 - binom_cdf(correct - 1, n, p)) - alpha)
+    upper = 1.0 if correct >= n else solve(lambda p: alpha - binom_cdf(correct, n, p))
+    return lower, upper
 
 
 def _certify(data: CascadeData, confidence: float, seed: int, max_evaluations: float, target_acc=None, max_drop=None):
@@ -77,7 +96,7 @@ def _certify(data: CascadeData, confidence: float, seed: int, max_evaluations: f
             "use more validation images, a lower --target-acc or a lower --confidence"
         )
     _, counts = _simulate_many(data, T[rejected])
-    full_cost = _expected_cost(counts, data.costs, n)
+    full_cost = _expected_cost(counts, _costs_for_many(data, T[rejected]), n)
     pick = int(np.argmin(full_cost))  # ties -> the first, i.e. the more accurate configuration
     i = rejected[pick]
     guarantee = {

@@ -14,33 +14,54 @@ from typing import Optional
 from ..errors import UsageError
 
 
-def split_outputs(run_dir: Path, model, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
-    """([n, K, C] logits, labels, skipped) of ``split``, cached per artifact when the run's own data
-    is used; ``skipped`` counts the split's images left out as undecodable (each is named in a
-    warning, and the count goes into the command's report)."""
-    import logging
+def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
+    """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact when the run's own
+    data is used. The model and the data are only loaded on a cache miss (a cached run needs no torch).
+    ``skipped`` (a ``SkippedImages``) counts the split's images left out as undecodable, also when the
+    outputs come from the cache; they are named in a warning and the count goes into the report."""
+    from ..data.dataset import SkippedImages
+    from ..exit_outputs import read_cached_outputs
 
-    from ..data import SkippedImages, make_loader, run_split
+    skipped = SkippedImages()
+    if data is None:
+        cached = read_cached_outputs(run_dir, split, skipped)
+        if cached is not None:
+            _warn_skipped(split, skipped, len(cached[1]))
+            return cached[0], cached[1], skipped
+    from .. import artifact
+    from ..data import make_loader, run_split
+    from ..devices import resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
+    from ..runs import model_path
 
     dataset, _ = run_split(run_dir, info, split, data)
-    skipped = SkippedImages()
+    device = resolve_device(device)
+    model, _ = artifact.load(model_path(run_dir), device=device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if data is None:
         logits, labels = cached_exit_outputs(run_dir, split, make, model, device=device, skipped=skipped)
     else:
         logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
-    if skipped:
-        name = {"val": "validation"}.get(split, split)
-        logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {int(labels.numel())} images used")
+        logits, labels = logits.numpy(), labels.numpy()
+    _warn_skipped(split, skipped, len(labels))
     return logits, labels, skipped
 
 
-def costs_of(run_dir: Path, model, info):
-    from ..profiling import cascade_costs
-    from ..runs import CACHE_DIR
+def _warn_skipped(split: str, skipped, used: int) -> None:
+    if skipped:
+        import logging
 
-    return cascade_costs(model, info.input_size, cache_dir=Path(run_dir) / CACHE_DIR)
+        name = {"val": "validation"}.get(split, split)
+        logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {used} images used")
+
+
+def costs_of(run_dir: Path, info):
+    """The run's ``CascadeCosts`` (cached per artifact: the model is only built on a miss)."""
+    from ..profiling import CascadeCosts, run_macs
+
+    report = run_macs(Path(run_dir), info.input_size)
+    return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
+                        [float(h) for h in report.shallow_heads])
 
 
 def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confidence=None, score=None,
@@ -61,26 +82,38 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     if sum(x is not None for x in (target_acc, max_drop, budget)) != 1:
         raise UsageError("give exactly one of --target-acc, --max-drop, --budget")
     run_dir = Path(run_dir)
-    model, info = artifact.load(model_path(run_dir), device=device)
+    info = artifact.read_info(model_path(run_dir))
     previous = info.calibration or {}
     score = score or previous.get("score", "max_softmax")
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels, skipped = split_outputs(run_dir, model, info, "val", device=device)
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    logits, labels, skipped = split_outputs(run_dir, info, "val", device=device)
+    costs = costs_of(run_dir, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
-    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+    # with fallback last an exit can be switched off (it then runs nothing); the ensemble needs every head
+    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                       heads=None if fallback == "ensemble" else costs.heads)
     result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
                        confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
-    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(labels.numel()),
+    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
                 "skipped_images": skipped.count,
-                "backbone_macs": backbone_macs, "exit_macs": list(cumulative),
+                "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
+                "head_macs": list(costs.heads),
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
+    from ..exit_outputs import exit_order_warning
+
+    warning = exit_order_warning(logits, labels)
+    if warning:
+        import logging
+
+        logging.getLogger("scan_cli").warning(warning)
+        doc["warnings"] = [warning]
     if plot is not None:
         plot_front(result, Path(plot))
     if save:
@@ -96,28 +129,31 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     from ..data import EVAL_SPLITS, run_recipe
     from ..exit_outputs import exit_correctness
     from ..runs import model_path
-    from ..training import exit_accuracies
+    from ..exit_outputs import exit_accuracies
     from .cascade import CascadeData, summarize
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
-    model, info = artifact.load(model_path(run_dir), device=device)
-    logits, labels, skipped = split_outputs(run_dir, model, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(labels.numel()),
+    info = artifact.read_info(model_path(run_dir))
+    logits, labels, skipped = split_outputs(run_dir, info, split, device=device, data=data)
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(len(labels)),
            "skipped_images": skipped.count}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]
     doc["ensemble"] = {"accuracy": accs["ensemble"]}
-    cumulative, backbone_macs = costs_of(run_dir, model, info)
+    costs = costs_of(run_dir, info)
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     for k in range(K):
         doc["exits"][k]["macs_cumulative"] = cumulative[k]
     doc["backbone_macs"] = backbone_macs
     cal = info.calibration
     if cal:
-        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), cal.get("fallback", "last"))
-        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float))
+        fallback = cal.get("fallback", "last")
+        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), fallback)
+        data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                            heads=None if fallback == "ensemble" else costs.heads)
         thresholds = [np.inf if t is None else t for t in cal["thresholds"][:K - 1]]
         summary = summarize(data_, thresholds)
         doc["cascade"] = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cascade import BLOCK_ELEMENTS, INF, CascadeData, _expected_cost, _simulate_many
+from .cascade import BLOCK_ELEMENTS, INF, CascadeData, _expected_cost, _simulate_many, summarize
 
 # Sample-evaluations (one sample under one threshold combination) an exact search may spend
 # before exits 0..K-3 are restricted to quantile grids. About 1 s on one CPU core.
@@ -266,7 +266,58 @@ def _suffix_argmin(values: np.ndarray) -> np.ndarray:
 
 
 def pareto_front(data: CascadeData, max_evaluations: float = DEFAULT_MAX_EVALUATIONS) -> Front:
-    """The exact accuracy-vs-cost Pareto front over all threshold vectors (see ``Front``).
+    """The accuracy-vs-cost Pareto front over all threshold vectors (see ``Front``), switching exits
+    off included when ``data.heads`` prices them.
+
+    A switched-off exit (threshold inf) runs nothing, which is the same as a cascade without it: so
+    the front is the pointwise minimum of the fronts of the 2^(K-1) cascades made of each subset of
+    the shallow exits (each with its own cumulative costs), the winner's thresholds mapped back with
+    inf for the exits it leaves out. Without ``heads`` every exit's head is paid for (the ensemble
+    fallback needs them all) and only the full cascade is searched.
+    """
+    if data.heads is None or data.K == 1:
+        return _fixed_cost_front(data, max_evaluations)
+    n, K = data.n, data.K
+    fronts = []
+    # fewest exits first: on equal cost the cascade that runs less wins
+    for mask in sorted(itertools.product((False, True), repeat=K - 1), key=lambda m: (sum(m), m)):
+        cols = [k for k in range(K - 1) if mask[k]] + [K - 1]
+        shallow = [0.0 if on else INF for on in mask]
+        sub = CascadeData(data.scores[:, cols], data.correct[:, cols], data.costs_for(shallow)[cols])
+        fronts.append((cols, _fixed_cost_front(sub, max_evaluations)))  # the smaller cascades are cheap
+    costs = np.stack([f.cost for _, f in fronts])  # [subsets, n + 1]
+    pick = np.argmin(costs, axis=0)  # ties -> the first, i.e. the fewest exits
+    cost = costs[pick, np.arange(n + 1)]
+    achieved = np.full(n + 1, -1, dtype=np.int64)
+    thresholds = np.full((n + 1, K - 1), INF)
+    lower = np.full(n + 1, INF)  # a lower bound on the optimum: min over subsets of (cost - gap)
+    for i, (cols, f) in enumerate(fronts):
+        here = pick == i
+        achieved[here] = f.achieved[here]
+        for j, k in enumerate(cols[:-1]):
+            thresholds[here, k] = f.thresholds[here, j]
+        finite = np.isfinite(f.cost)
+        bound = np.full(n + 1, INF)
+        bound[finite] = f.cost[finite] - f.gap_bound[finite]
+        lower = np.minimum(lower, bound)
+    gap = np.full(n + 1, INF)
+    finite = np.isfinite(cost)
+    gap[finite] = np.maximum(0.0, cost[finite] - lower[finite])
+    exact = all(f.exact for _, f in fronts)
+    gap[np.isfinite(cost) & exact] = 0.0
+    front = Front(n, data.costs, cost, achieved, thresholds, exact, gap, max(f.slack for _, f in fronts),
+                  fronts[-1][1].grid_sizes, int(sum(f.evaluations for _, f in fronts)))
+    # the routes and the cost rule must give the same numbers exactly
+    on = np.flatnonzero(np.isfinite(cost))
+    for c in on[np.unique(np.linspace(0, on.size - 1, min(on.size, 32)).astype(np.int64))]:
+        sim = summarize(data, thresholds[c])
+        if round(sim["accuracy"] * n) != achieved[c] or sim["expected_cost"] != cost[c]:
+            raise AssertionError("threshold search and simulation disagree (a bug in scan_cli.calibration)")
+    return front
+
+
+def _fixed_cost_front(data: CascadeData, max_evaluations: float) -> Front:
+    """The exact accuracy-vs-cost Pareto front with every exit's head paid for (``data.costs``).
 
     Candidates for exit k are its distinct scores plus +inf (any other threshold routes exactly
     like one of them). Exits 0..K-4 are enumerated in a Python loop, exits K-3 and K-2 are
@@ -418,6 +469,21 @@ def _pair_search(data: CascadeData, shallow: np.ndarray, k: int, j: int, window:
 
 
 def _polish(data: CascadeData, shallow, need: int, width: int = 256, max_rounds: int = 8):
+    """``_polish_fixed`` within the cascade of the exits ``shallow`` keeps switched on (with
+    ``data.heads``, an inf threshold switches its exit off; polishing never switches one back on)."""
+    shallow = np.asarray(shallow, dtype=np.float64)
+    if data.heads is None:
+        return _polish_fixed(data, shallow, need, width, max_rounds)
+    K = data.K
+    on = [k for k in range(K - 1) if np.isfinite(shallow[k])]
+    cols = on + [K - 1]
+    sub = CascadeData(data.scores[:, cols], data.correct[:, cols], data.costs_for(shallow)[cols])
+    out = np.full(K - 1, INF)
+    out[on] = _polish_fixed(sub, shallow[on], need, width, max_rounds) if on else []
+    return out
+
+
+def _polish_fixed(data: CascadeData, shallow, need: int, width: int = 256, max_rounds: int = 8):
     """Coordinate-pair descent from a grid solution: every pair of shallow exits (k, j) in turn,
     exit k within ``width`` score values around its threshold (plus +inf), exit j exact; keep a
     move only if it is cheaper and still has >= need correct answers. Stops at a fixed point."""

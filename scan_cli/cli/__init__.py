@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import Interrupted, ScanError
-from . import backbones, calibrate, fit, plugins, predict, profile
+from . import backbones, calibrate, export, fit, plugins, predict, profile
 
 app = typer.Typer(
     name="scan",
@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(backbones.app, name="backbones")
 app.command("plugins")(plugins.plugins_command)
 
-for _command in (fit, calibrate, profile, predict):
+for _command in (fit, calibrate, profile, predict, export):
     _command.register(app)
 
 

@@ -8,9 +8,13 @@ import sys
 
 
 def stdout_console():
+    """Rich console for results; not squeezed to 80 columns when stdout is a file or a pipe."""
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
 
 
 def stderr_console():

@@ -82,6 +82,10 @@ def fit_command(
         backbone = backbone or resolved.backbone
     if not backbone:
         raise UsageError("name a backbone (e.g. 'scan fit resnet18') or a recipe that sets one (--recipe digits-cpu)")
+    if resume is None:  # an unknown id fails here, in well under a second (torch is not imported yet)
+        from ..registry import default_registry
+
+        default_registry().get(backbone)
     if ema and weights is None:
         raise UsageError("--ema picks the EMA weights of a --weights checkpoint: add --weights FILE")
     if weights is not None and not weights.is_file():

@@ -22,6 +22,9 @@ exit (1-based), exit_index (0-based), num_exits, macs (MACs spent on that image)
 ([{label, probability}]). A summary (exit shares, average MACs vs the plain backbone, images/s)
 goes to stderr.
 
+--engine onnxruntime runs the same early exit on ONNX Runtime (CPU), from a `scan export` of the
+run (made once and cached in the run's cache/) or from an export folder given as --run.
+
 Exit codes: 0 every image predicted; 3 some files could not be read (listed in errors) but at
 least one was predicted; 1 no image could be read, or an error (e.g. nothing matched INPUTS);
 2 bad flags."""
@@ -41,13 +44,18 @@ def predict_command(
     channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
-    from ..predict_files import predict, summary_lines, write_csv
+    from .. import onnx_engine, predict_files
+    from ..predict_files import summary_lines, write_csv
     from ._output import info, print_json
 
+    # the ONNX Runtime engine gives the same report and exit codes
+    predict = onnx_engine.predict if onnx_engine.wants_onnx(engine, run) else predict_files.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k,
                      channels_last=channels_last)
+    report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())
     else:

@@ -24,6 +24,7 @@ def profile_command(
     max_seconds: Optional[float] = typer.Option(60.0, "--max-seconds",
                                                 help="Stop timing a batch size after this long (at least 3 rounds)."),
     cascade_images: int = typer.Option(512, "--cascade-images", help="Validation images for timing the real cascade."),
+    channels_last: str = typer.Option("auto", "--channels-last", help="Memory layout while timing, as scan predict: auto (on except for ViTs), on or off."),
 ):
     """Cost per exit: fvcore MACs (batch 1), the cascade's expected cost when calibrated, and latency."""
     from ..errors import UsageError
@@ -36,6 +37,8 @@ def profile_command(
             raise UsageError(f"{name} must be at least 1, got {value}")
     if warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {warmup}")
+    if channels_last not in ("auto", "on", "off"):
+        raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
 
     from .. import profiling
 
@@ -87,15 +90,19 @@ def profile_command(
 
     latency = cascade = None
     if not no_latency:
+        from ..devices import use_channels_last
+
+        layout = use_channels_last(channels_last, model)  # the same rule scan predict uses
         sizes = sorted({1, batch_size})
         latency = profiling.measure_latency(model, size, batch_sizes=sizes, device=device, threads=threads,
-                                            warmup=warmup, iters=iters, max_seconds=max_seconds, progress=info)
+                                            warmup=warmup, iters=iters, max_seconds=max_seconds, progress=info,
+                                            channels_last=layout)
         doc["latency"] = latency.to_dict()
         for k, e in enumerate(doc["exits"]):
             e.update(latency.exit_dict(k))
         if expected is not None:
             cascade, reason = _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_size,
-                                            cascade_images, device, threads, warmup, info)
+                                            cascade_images, device, threads, warmup, info, layout)
             doc["cascade"] = ({**cascade.to_dict(), "counted_speedup": expected.speedup} if cascade is not None
                               else {"measured": False, "reason": reason})
             if cascade is None:
@@ -105,12 +112,11 @@ def profile_command(
         print_json(doc)
         return
     console = stdout_console()
-    if not console.is_terminal:
-        console.width = 160  # a file or a pipe: do not squeeze the table to 80 columns
     _print_table(console, report, doc, expected, latency, cascade, flops)
 
 
-def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_size, max_images, device, threads, warmup, info):
+def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_size, max_images, device, threads, warmup,
+                  info, channels_last):
     info("loading validation images for the real cascade")
     from ..data import validation_batches
 
@@ -120,8 +126,15 @@ def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_s
     info(f"timing the cascade vs the plain backbone on {sum(int(b.shape[0]) for b in batches)} validation images")
     timing = profiling.measure_cascade(
         model, batches, calibration["thresholds"], score=calibration.get("score", "max_softmax"),
-        fallback=calibration.get("fallback", "last"), device=device, threads=threads, warmup=min(warmup, 1))
+        fallback=calibration.get("fallback", "last"), device=device, threads=threads, warmup=min(warmup, 1),
+        channels_last=channels_last)
     return timing, None
+
+
+def speed_line(realised: float, counted: float, images_per_second: float, how: str) -> str:
+    """The one sentence scan profile and scan predict both use for what early exit bought."""
+    return (f"realised speed-up {realised:.2f}x vs counted {counted:.2f}x ({100 * realised / counted:.0f} % of the "
+            f"counted one), {images_per_second:.1f} images/s ({how})")
 
 
 def _fmt_count(value: float, scale: float) -> str:
@@ -155,18 +168,20 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
     table.add_row(*plain)
     console.print(table)
     if latency is not None:
-        lat = Table(title=f"{name}: measured latency, ms ({latency.device}, {latency.threads} threads)", box=box.SIMPLE_HEAD)
+        lat = Table(title=f"{name}: time to each exit vs its MACs, ms ({latency.device}, {latency.threads} threads, "
+                          f"{latency.layout})", box=box.SIMPLE_HEAD)
         lat.add_column("exit")
+        lat.add_column("MACs vs plain", justify="right")
         for b in latency.batch_sizes:
-            for c in (f"b{b} p50", f"b{b} p95", f"b{b} vs plain"):
+            for c in (f"b{b} p50", f"b{b} p95", f"b{b} time vs plain"):
                 lat.add_column(c, justify="right")
         for k, e in enumerate(report.exits):
-            row = [e.name]
+            row = [e.name, f"{e.macs_cumulative / report.backbone_macs:.2f}x"]
             for b in latency.batch_sizes:
                 t = latency.exits[k][b]
                 row += [f"{t.p50_ms:.2f}", f"{t.p95_ms:.2f}", f"{latency.ratio(k, b):.2f}x"]
             lat.add_row(*row)
-        row = ["plain"]
+        row = ["plain", "1.00x"]
         for b in latency.batch_sizes:
             t = latency.backbone[b]
             row += [f"{t.p50_ms:.2f}", f"{t.p95_ms:.2f}", "1.00x"]
@@ -186,9 +201,9 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
     else:
         console.print(f"expected cost: none ({doc.get('expected_note')})", highlight=False)
     if cascade is not None:
-        console.print(f"real cascade on {cascade.images} validation images at batch {cascade.batch_size}: "
-                      f"{cascade.measured_speedup:.2f}x measured vs {expected.speedup:.2f}x counted "
-                      f"({cascade.cascade_s:.3f}s vs {cascade.backbone_s:.3f}s plain)", highlight=False)
+        console.print(speed_line(cascade.measured_speedup, expected.speedup, cascade.images_per_second,
+                                 f"{cascade.what}: {cascade.images} images, batch {cascade.batch_size}, {cascade.layout}, "
+                                 f"{cascade.device}, {cascade.threads} threads"), highlight=False)
     elif doc.get("cascade"):
         console.print(f"real cascade: not timed ({doc['cascade']['reason']})", highlight=False)
     if report.uncounted_ops:

@@ -1,6 +1,6 @@
 """Hugging Face Hub dataset ids: aliases, telling ids from paths, failing fast without a Hub.
 
-A short name ('imagenet', 'cifar10', 'cifar100': DATASET_ALIASES) stands for its Hub id. A missing
+A short name ('imagenet', 'cifar10', 'cifar100', 'mnist', 'fashion-mnist': DATASET_ALIASES) stands for its Hub id. A missing
 local path that clearly is a path (starts with `.`, `/` or `~`, has two or more `/`, a file suffix
 or a backslash) is reported as such instead of being looked up on the Hub. Without a reachable Hub
 (HF_HUB_OFFLINE=1, or a 3-second connection probe fails) a dataset is only taken from the local
@@ -26,6 +26,10 @@ DATASET_ALIASES = {
     "cifar-10": "uoft-cs/cifar10",
     "cifar100": "uoft-cs/cifar100",
     "cifar-100": "uoft-cs/cifar100",
+    "mnist": "ylecun/mnist",
+    "fashion-mnist": "zalando-datasets/fashion_mnist",
+    "fashion_mnist": "zalando-datasets/fashion_mnist",
+    "fashionmnist": "zalando-datasets/fashion_mnist",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

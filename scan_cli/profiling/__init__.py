@@ -32,6 +32,7 @@ from .macs import (
     PieceCount,
     baddbmm_macs,
     calibration_error,
+    CascadeCosts,
     cascade_costs,
     classify_op,
     count_macs,
@@ -47,7 +48,7 @@ from .macs import (
 
 __all__ = [
     "CACHE_SCHEMA", "DATA_MOVEMENT_OPS", "ELEMENTWISE_OPS", "NOTES", "UNITS",
-    "CascadeTiming", "ExitCost", "ExpectedCost", "LatencyReport", "MacReport", "PieceCount", "Timing",
+    "CascadeCosts", "CascadeTiming", "ExitCost", "ExpectedCost", "LatencyReport", "MacReport", "PieceCount", "Timing",
     "baddbmm_macs", "calibration_error", "cascade_costs", "classify_op", "count_macs", "count_piece",
     "default_handles", "expected_cost", "measure_cascade", "measure_latency", "plain_backbone",
     "profile_macs", "run_cache_path", "run_macs", "run_to_exit", "sdpa_macs", "structure_key",

@@ -73,6 +73,7 @@ class LatencyReport:
     batch_sizes: list[int]
     backbone: dict[int, Timing]  # batch size -> the plain timm model
     exits: list[dict[int, Timing]]  # per exit: batch size -> running up to and including that exit
+    layout: str = "NCHW"  # memory layout of the inputs and of every model timed (the plain one too)
 
     def ratio(self, k: int, batch_size: int) -> float:
         """Exit ``k``'s p50 latency over the plain backbone's, same batch size and run."""
@@ -84,7 +85,7 @@ class LatencyReport:
 
     def to_dict(self) -> dict:
         return {"device": self.device, "threads": self.threads, "warmup": self.warmup, "iters": self.iters,
-                "batch_sizes": self.batch_sizes,
+                "batch_sizes": self.batch_sizes, "layout": self.layout,
                 "backbone": {str(b): t.to_dict() for b, t in self.backbone.items()},
                 "exits": [self.exit_dict(k) for k in range(len(self.exits))]}
 
@@ -92,7 +93,8 @@ class LatencyReport:
 
 def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 32), device: str = "auto",
                     threads: Optional[int] = None, warmup: int = 3, iters: int = 20,
-                    max_seconds: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> LatencyReport:
+                    max_seconds: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
+                    channels_last: bool = False) -> LatencyReport:
     """Measured wall time per exit and for the plain backbone, on random inputs.
 
     For each batch size: the plain timm model's own forward, and for each exit ``k`` the network run
@@ -109,6 +111,8 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
 
     dev = str(resolve_device(device))
     model.to(dev).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)  # the plain backbone is part of the model: both run in the same layout
     plain = plain_backbone(model)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -120,6 +124,7 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
         for b in batch_sizes:
             b = int(b)
             x = torch.randn(b, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+            x = x.contiguous(memory_format=fmt)
             if progress:
                 progress(f"timing the plain backbone and {K} exits at batch {b} ({warmup} warm-up + up to {iters} rounds)")
             for _ in range(max(0, warmup)):
@@ -147,29 +152,38 @@ def measure_latency(model, input_size: int, *, batch_sizes: Sequence[int] = (1, 
             for k in range(K):
                 exit_t[k][b] = timing(samples[k])
     return LatencyReport(device=dev, threads=n_threads, warmup=warmup, iters=iters,
-                         batch_sizes=[int(b) for b in batch_sizes], backbone=backbone_t, exits=exit_t)
+                         batch_sizes=[int(b) for b in batch_sizes], backbone=backbone_t, exits=exit_t,
+                         layout="NHWC" if channels_last else "NCHW")
 
 
 # -- the real cascade on validation images ------------------------------------------------------
 @dataclass
 class CascadeTiming:
+    """The real cascade against the plain backbone, model only, on the same pre-decoded images."""
+
     images: int
     batch_size: int
     repeats: int
     cascade_s: float  # median over repeats of one pass over all images
     backbone_s: float
-    measured_speedup: float  # backbone_s / cascade_s
+    measured_speedup: float  # backbone_s / cascade_s: the realised speed-up
     observed_exit_shares: list[float]
     threads: int
     device: str
+    layout: str = "NCHW"
+    what: str = "model only, pre-decoded validation images"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.cascade_s if self.cascade_s > 0 else float("nan")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "realised_speedup": self.measured_speedup, "images_per_second": self.images_per_second}
 
 
 def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", fallback: str = "last",
                     device: str = "auto", threads: Optional[int] = None, warmup: int = 1,
-                    repeats: int = 3) -> CascadeTiming:
+                    repeats: int = 3, channels_last: bool = False) -> CascadeTiming:
     """Wall clock of the real cascade (``model.early_exit``) vs the plain backbone over the same
     preloaded ``batches`` (data loading not timed); the median of ``repeats`` full passes each."""
     import statistics
@@ -179,8 +193,10 @@ def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", f
 
     dev = str(resolve_device(device))
     model.to(dev).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     plain = plain_backbone(model)
-    batches = [b.to(dev) for b in batches]
+    batches = [b.to(dev).contiguous(memory_format=fmt) for b in batches]
     if not batches:
         raise ScanError("no validation images to time the cascade on")
     counts = torch.zeros(model.num_exits, dtype=torch.long)
@@ -215,4 +231,4 @@ def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", f
     n = int(sum(x.shape[0] for x in batches))
     return CascadeTiming(images=n, batch_size=int(batches[0].shape[0]), repeats=len(c_times), cascade_s=c,
                          backbone_s=b, measured_speedup=b / c, observed_exit_shares=(counts.float() / n).tolist(),
-                         threads=n_threads, device=dev)
+                         threads=n_threads, device=dev, layout="NHWC" if channels_last else "NCHW")

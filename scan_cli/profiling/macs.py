@@ -32,7 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..devices import torch_threads
 from ..errors import ScanError
@@ -264,6 +264,11 @@ class MacReport:
         return [e.macs_cumulative for e in self.exits]
 
     @property
+    def shallow_heads(self) -> list[int]:
+        """Each shallow exit's own MACs (attention + head): what switching it off saves."""
+        return [e.exit_macs for e in self.exits[:-1]]
+
+    @property
     def shallow_exit_macs(self) -> int:
         """Every shallow exit (attention + head) together: the cascade's overhead when all run."""
         return int(sum(e.exit_macs for e in self.exits[:-1]))
@@ -444,13 +449,15 @@ def run_macs(run_dir: Path, input_size: Optional[int] = None, model=None) -> Mac
     return profile_macs(model, size, cache_path=path)
 
 
-def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> tuple[list[float], float]:
-    """The costs ``scan calibrate`` weighs exits by: ``(cumulative, backbone_macs)``.
+def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> "CascadeCosts":
+    """The costs ``scan calibrate`` weighs exits by: ``(cumulative, backbone_macs, heads)``.
 
-    ``cumulative[k]`` is the MACs (batch 1) of answering an image at exit ``k`` in the cascade:
-    backbone up to split ``k`` plus every shallow exit on the way, its own included; the last entry is
-    the full backbone plus all shallow exits. ``backbone_macs`` is the plain network's cost, so
-    ``backbone_macs / sum(share_k * cumulative[k])`` is the counted speed-up.
+    ``cumulative[k]`` is the MACs (batch 1) of answering an image at exit ``k`` in the cascade with
+    every exit switched on: backbone up to split ``k`` plus every shallow exit on the way, its own
+    included; the last entry is the full backbone plus all shallow exits. ``heads[k]`` is shallow exit
+    k's own attention + head, which a switched-off exit (threshold never firing) does not run
+    (``CascadeCosts.for_policy``). ``backbone_macs`` is the plain network's cost, so
+    ``backbone_macs / sum(share_k * cost_k)`` is the counted speed-up.
 
     ``model``: a ``ScanModel``, or a run folder (str/Path; then the result is cached in
     ``run/cache/macs-<artifact fingerprint>-<size>.json`` and the model is loaded only on a cache miss).
@@ -466,7 +473,25 @@ def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[P
         if cache_dir is not None:
             path = Path(cache_dir) / f"macs-arch-{structure_key(model)}-{int(input_size)}.json"
         report = profile_macs(model, int(input_size), cache_path=path)
-    return [float(c) for c in report.cumulative], float(report.backbone_macs)
+    return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
+                        [float(h) for h in report.shallow_heads])
+
+
+class CascadeCosts(NamedTuple):
+    cumulative: list  # every exit switched on
+    backbone_macs: float
+    heads: list  # each shallow exit's own MACs
+
+    def for_policy(self, thresholds, fallback: str = "last") -> list[float]:
+        """Cumulative MACs per exit when the exits whose threshold is None/inf are switched off; with
+        the ensemble fallback every head runs (its logits are needed for the mean)."""
+        from ..calibration.cascade import effective_costs
+
+        heads = None if fallback == "ensemble" else self.heads
+        return [float(c) for c in effective_costs(self.cumulative, heads, thresholds)]
+
+
+
 
 
 # -- expected cost from calibration -------------------------------------------------------------
@@ -505,6 +530,8 @@ def expected_cost(report: MacReport, calibration: dict) -> ExpectedCost:
     if problem:
         raise ScanError(problem)
     shares = [float(s) for s in calibration["exit_shares"]]
-    macs = float(sum(s * c for s, c in zip(shares, report.cumulative)))
+    costs = CascadeCosts(report.cumulative, report.backbone_macs, report.shallow_heads).for_policy(
+        calibration["thresholds"], calibration.get("fallback", "last"))
+    macs = float(sum(s * c for s, c in zip(shares, costs)))
     return ExpectedCost(macs=macs, speedup=report.backbone_macs / macs if macs else float("nan"),
                         exit_shares=shares, thresholds=list(calibration["thresholds"]))

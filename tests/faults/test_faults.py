@@ -272,12 +272,17 @@ def assert_disk_full_error(code: int, out: str, err: str, path: Path) -> None:
 
 
 def test_disk_full_while_calibrate_saves(run_cli, run, monkeypatch):
-    import safetensors.torch
+    import shutil
 
     from scan_cli.artifact import read_info
 
     before = (run / "model.safetensors").read_bytes()
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full_after_half(safetensors.torch.save_file))
+
+    def copy_until_full(src, dst, *args):  # the artifact's tensor bytes are copied behind the new header
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_until_full)
     code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.0")
     assert_disk_full_error(code, out, err, run / "model.safetensors")
     assert (run / "model.safetensors").read_bytes() == before and read_info(run / "model.safetensors").calibration

@@ -1,0 +1,72 @@
+"""`scan export`: the cascade as ONNX graphs plus manifest.json (thin: flags -> scan_cli.export)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+HELP = """Export a run's cascade to ONNX for deployment: one graph per piece (stem + section 1 + exit 1,
+then each section with its exit, the last with the backbone's head), each taking the previous
+piece's features and returning the next features and its exit's logits, with a dynamic batch axis;
+plus manifest.json (pieces in order, input preprocessing, classes, thresholds, score, fallback, MACs
+per exit), plain JSON that needs no Python package to read.
+
+Exits that never fire (threshold null) are exported without their head unless --all-exits is given
+(needed to use other thresholds later); --fallback ensemble runs keep every head. --format
+onnx-full also writes full.onnx, one graph with every exit's logits, for serving systems that cannot
+loop. Every graph passes the ONNX checker and is compared with PyTorch before the export is kept.
+
+Run the export with `scan predict --run OUT` (ONNX Runtime), or with the loop in the README's
+"Deploying" section (onnxruntime + numpy + Pillow only). Needs the extras: pip install 'scan-cli[onnx]'."""
+
+
+def export_command(
+    run: Optional[str] = typer.Option(None, "--run", help="Run folder (or its model.safetensors); default: runs/latest."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (one graph per piece) or onnx-full (also full.onnx with every exit)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder to write (new, empty, or an earlier export, which is replaced); default: RUN/onnx."),
+    all_exits: bool = typer.Option(False, "--all-exits", help="Keep the heads of exits that never fire (to use other thresholds later)."),
+    plain: bool = typer.Option(False, "--plain", help="Also write plain.onnx: the backbone alone, for comparisons."),
+    opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or newer)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document."),
+):
+    from ..errors import UsageError
+    from ..export import FORMATS, export_run
+    from ._output import info, print_json
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")
+    manifest, folder = export_run(run, out, fmt=fmt, all_exits=all_exits, plain=plain, opset=opset, log=info)
+    if as_json:
+        print_json(manifest)
+    else:
+        _print_pieces(manifest)
+    info(f"wrote {len(manifest['pieces'])} piece(s){' and full.onnx' if 'full' in manifest else ''} "
+         f"and manifest.json to {folder}")
+
+
+def _print_pieces(manifest: dict) -> None:
+    from rich.table import Table
+
+    from ..predict_files import format_macs
+    from ._output import stdout_console
+
+    K = manifest["num_exits"]
+    table = Table(title=f"{manifest['backbone']['id']}: ONNX cascade, opset {manifest['producer']['opset']}")
+    for col in ("file", "exit", "threshold", "outputs", "MACs", "vs torch"):
+        table.add_column(col, justify="right" if col in ("MACs", "vs torch") else "left", no_wrap=col != "outputs")
+    for p in manifest["pieces"]:
+        t = p["threshold"]
+        threshold = ("always" if p["exit"] == K else "never, no head" if p["logits"] is None else
+                     "never" if t is None else f"{t:.4g}")
+        table.add_row(p["file"], f"{p['exit']}/{K}", threshold, ", ".join(p["outputs"]),
+                      format_macs(p["macs_cumulative"]), f"{p['max_abs_diff_vs_torch']:.1e}")
+    for key in ("full", "plain"):
+        if key in manifest:
+            extra = manifest[key]
+            table.add_row(extra["file"], "", "", ", ".join(extra["outputs"]), "", f"{extra['max_abs_diff_vs_torch']:.1e}")
+    stdout_console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", help=HELP)(export_command)

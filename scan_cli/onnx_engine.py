@@ -1,0 +1,357 @@
+"""The ONNX Runtime engine: an exported cascade (``scan export``) with real early exit, in numpy.
+
+``Cascade.early_exit`` is ``ScanModel.early_exit`` with ONNX Runtime sessions for the pieces and
+numpy for the exit rule: piece k runs on the images still in the batch, the images whose exit fires
+(score >= threshold, the score computed as ``scoring.confidence`` does) are answered and their rows
+dropped, and only the rest go on to piece k+1; when none are left nothing more runs. Exits exported
+without a head (they never fire) only pass the features on. ``fallback='ensemble'`` answers the
+images that reach the end with the mean of all exits' logits.
+
+``predict`` is ``scan predict --engine onnxruntime`` (or ``--run`` pointing at an export folder):
+the same report as ``scan_cli.predict_files.predict`` (same schema, same exit codes). For a training
+run, the run is exported once per set of exit heads its thresholds need (an exit that never fires
+runs nothing, as in ``ScanModel.early_exit``) into ``RUN/cache/onnx-<fingerprint>-<heads>/`` and
+reused; thresholds then come from the run, exactly as for the torch engine. For an export folder they
+come from its manifest (``--thresholds`` may override them where the exits' heads were exported).
+
+Nothing here imports onnxruntime (or torch) at module level: the CLI imports this module cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
+
+from .errors import ScanError, UsageError
+from .scoring import confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+
+ENGINES = ("torch", "onnxruntime")
+MANIFEST_FILE = "manifest.json"  # = export.MANIFEST_FILE (not imported: keep this module light)
+FORMAT = "scan-onnx-cascade"
+FORMAT_VERSION = 1
+
+_log = logging.getLogger(__name__)
+
+# -- which engine ----------------------------------------------------------------------------------
+def export_folder(run: Optional[str]) -> Optional[Path]:
+    """The export folder ``run`` names (a folder with manifest.json, or the manifest itself), else None."""
+    if run is None:
+        return None
+    path = Path(run)
+    if path.is_file() and path.name == MANIFEST_FILE:
+        return path.parent
+    if path.is_dir() and (path / MANIFEST_FILE).is_file():
+        return path
+    return None
+
+
+def wants_onnx(engine: Optional[str], run: Optional[str]) -> bool:
+    """True when `scan predict` should run on ONNX Runtime: --engine onnxruntime, or --run an export
+    folder with no --engine. --engine torch with an export folder is a usage error."""
+    if engine is not None and engine not in ENGINES:
+        raise UsageError(f"--engine '{engine}': use {' or '.join(ENGINES)}")
+    folder = export_folder(run)
+    if engine == "torch" and folder is not None:
+        raise UsageError(f"{run} is an ONNX export (manifest.json): use --engine onnxruntime, or pass the training run "
+                         "as --run for the torch engine")
+    return engine == "onnxruntime" or folder is not None
+
+
+# -- the manifest ----------------------------------------------------------------------------------
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScanError(f"no {MANIFEST_FILE} in {folder}: point --run at a folder written by 'scan export'") from None
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"{path} is not readable JSON ({exc}): export again with 'scan export'") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ScanError(f"{path} is not a scan export manifest: point --run at a folder written by 'scan export'")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ScanError(f"{path} has export format {doc.get('format_version')}, this scan_cli reads {FORMAT_VERSION}: "
+                        "export again with this version ('scan export')")
+    try:
+        pieces = doc["pieces"]
+        if len(pieces) != doc["num_exits"] or len(doc["thresholds"]) != doc["num_exits"]:
+            raise ValueError("pieces/thresholds do not match num_exits")
+        for piece in pieces:
+            if not (Path(folder) / piece["file"]).is_file():
+                raise ScanError(f"{folder} misses {piece['file']}: export again with 'scan export'")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ScanError(f"{path} is damaged ({exc}): export again with 'scan export'") from None
+    return doc
+
+
+# -- the cascade ---------------------------------------------------------------------------------------
+class EarlyExit(NamedTuple):
+    logits: "object"  # [N, C] float32, the logits each image was answered with
+    exit_index: "object"  # [N] int64, 0-based
+    confidence: "object"  # [N] float32, the exit rule's score at the answering exit
+
+
+def session_options(threads: Optional[int] = None, spinning: Optional[bool] = None):
+    """Options for one piece's session: sequential execution, full graph optimisation (constant
+    folding, conv + batch norm + activation fusion, blocked NCHWc convolution layouts), no inter-op
+    pool. ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
+    ``spinning``: whether idle intra-op workers busy-wait for the next operator (ONNX Runtime's
+    default: yes). Every session has its own pool, so with spinning the K pools of a cascade spin
+    against each other: after piece k returns, its workers keep a core busy while piece k+1 runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3  # errors only: no optimizer chatter on stderr
+    return options
+
+
+class Cascade:
+    """An exported cascade loaded into ONNX Runtime (CPU): one session per piece.
+
+    ``spinning`` defaults to False (see ``session_options``): the pieces run one after the other,
+    each in its own thread pool, and spinning workers of the piece that just finished would compete
+    with the next piece for the cores. (A process-wide pool shared by all sessions would avoid that
+    too, but ONNX Runtime then requires every session in the process to use it.)"""
+
+    def __init__(self, folder, threads: Optional[int] = None, spinning: Optional[bool] = False):
+        from .export import require
+
+        require(("onnxruntime", "numpy"), "--engine onnxruntime")
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.pieces = self.manifest["pieces"]
+        self.num_exits = int(self.manifest["num_exits"])
+        self.classes = list(self.manifest["classes"])
+        options = session_options(threads, spinning)
+        try:
+            self.sessions = [ort.InferenceSession(str(self.folder / p["file"]), options,
+                                                  providers=["CPUExecutionProvider"]) for p in self.pieces]
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ScanError(f"ONNX Runtime cannot load {self.folder} ({str(exc).splitlines()[0]}): "
+                            "export again with 'scan export'") from None
+
+    @property
+    def has_head(self) -> list:
+        return [p.get("logits") is not None for p in self.pieces]
+
+    def check_policy(self, thresholds: list, fallback: str) -> None:
+        """An exit can only fire, and the ensemble can only be formed, where heads were exported."""
+        K = self.num_exits
+        for k in range(K - 1):
+            if k < len(thresholds) and thresholds[k] is not None and not self.has_head[k]:
+                raise ScanError(f"exit {k + 1}/{K} was exported without its head (it never fired at export): "
+                                "re-export with 'scan export --all-exits' to use other thresholds")
+        if fallback == "ensemble" and not all(self.has_head):
+            raise ScanError("--fallback ensemble needs every exit's logits but some heads were not exported: "
+                            "re-export with 'scan export --all-exits'")
+
+    def _run(self, k: int, h):
+        piece = self.pieces[k]
+        outs = dict(zip(piece["outputs"], self.sessions[k].run(piece["outputs"], {piece["input"]: h})))
+        return outs.get(piece.get("features")), outs.get(piece.get("logits"))
+
+    def exits(self, x) -> list:
+        """Every piece on the whole batch: each exit's logits ([N, C], or None where no head)."""
+        import numpy as np
+
+        h = np.ascontiguousarray(x, dtype=np.float32)
+        out = []
+        for k in range(self.num_exits):
+            h, logits = self._run(k, h)
+            out.append(logits)
+        return out
+
+    def early_exit(self, x, thresholds: list, score: str = "max_softmax", fallback: str = "last") -> EarlyExit:
+        """``ScanModel.early_exit`` on ONNX Runtime: answered rows leave the batch after each exit."""
+        import numpy as np
+
+        self.check_policy(thresholds, fallback)
+        n = int(x.shape[0])
+        K = self.num_exits
+        out_logits = np.empty((n, len(self.classes)), dtype=np.float32)
+        out_exit = np.full((n,), K - 1, dtype=np.int64)
+        out_conf = np.empty((n,), dtype=np.float32)
+        active = np.arange(n)
+        running = None
+        h = np.ascontiguousarray(x, dtype=np.float32)
+        for k in range(K):
+            h, logits = self._run(k, h)
+            if fallback == "ensemble":
+                running = logits if running is None else running + logits
+            if k == K - 1:
+                final = running / K if fallback == "ensemble" else logits
+                out_logits[active] = final
+                out_conf[active] = confidence(final, score)
+                break
+            t = thresholds[k] if k < len(thresholds) else None
+            if t is None or t == math.inf or logits is None:
+                continue
+            conf = confidence(logits, score)
+            fire = conf >= t
+            if fire.any():
+                idx = active[fire]
+                out_logits[idx] = logits[fire]
+                out_exit[idx] = k
+                out_conf[idx] = conf[fire]
+                keep = ~fire
+                active, h = active[keep], h[keep]  # a contiguous copy of the remaining rows only
+                if running is not None:
+                    running = running[keep]
+                if active.size == 0:
+                    break
+        return EarlyExit(out_logits, out_exit, out_conf)
+
+
+# -- scan predict --engine onnxruntime --------------------------------------------------------------
+def heads_for(thresholds: list, fallback: str, num_exits: int) -> list:
+    """Which shallow exits need their head under a policy: those that can fire, or all of them for the
+    ensemble fallback. As ``ScanModel.early_exit``, an exit that never fires runs nothing."""
+    return [fallback == "ensemble" or (k < len(thresholds) and thresholds[k] is not None)
+            for k in range(num_exits - 1)]
+
+
+def cached_export(run_dir: Path, heads: list, log=None) -> Path:
+    """``RUN/cache/onnx-<artifact fingerprint>-<heads>/`` (heads as 1/0 per shallow exit), exported
+    with exactly those heads on first use: the engine never computes a head that cannot fire."""
+    from .artifact import artifact_fingerprint
+    from .runs import CACHE_DIR, model_path
+
+    tag = "".join("1" if h else "0" for h in heads)
+    folder = Path(run_dir) / CACHE_DIR / f"onnx-{artifact_fingerprint(model_path(run_dir))}-{tag}"
+    if (folder / MANIFEST_FILE).is_file():
+        try:
+            manifest = read_manifest(folder)
+            if [p.get("logits") is not None for p in manifest["pieces"][:-1]] == list(heads):
+                return folder
+        except ScanError:
+            pass  # damaged: export again
+    from .artifact import load
+    from .export import export_model, require_export
+
+    require_export()
+    if log:
+        log(f"exporting the run to ONNX once for these exits, into {folder}")
+    model, info = load(model_path(run_dir))
+    export_model(model, info, folder, heads=list(heads), cache_dir=Path(run_dir) / CACHE_DIR)
+    return folder
+
+
+def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
+    """(export folder, ExitPolicy, run folder or None) for one call."""
+    from .predict_files import exit_policy
+
+    folder = export_folder(run)
+    if folder is not None:
+        if target_acc is not None:
+            raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
+                             "as --run (with --engine onnxruntime), or give --thresholds")
+        manifest = read_manifest(folder)
+        cal = {"thresholds": manifest["thresholds"], "score": manifest.get("score"),
+               "fallback": manifest.get("fallback")} if manifest.get("calibrated") else None
+        policy = exit_policy(SimpleNamespace(calibration=cal), folder, int(manifest["num_exits"]),
+                             thresholds=thresholds, score=score, fallback=fallback)
+        return folder, policy, None
+    from .artifact import read_info
+    from .export import require
+    from .runs import model_path, resolve_run
+
+    run_dir = resolve_run(run)
+    info = read_info(model_path(run_dir))
+    require(("onnxruntime",), "--engine onnxruntime")
+    K = len(info.split_points) + 1
+    policy = exit_policy(info, run_dir, K, thresholds=thresholds, target_acc=target_acc, score=score,
+                         fallback=fallback, device="cpu")
+    return cached_export(run_dir, heads_for(policy.thresholds, policy.fallback, K), log), policy, run_dir
+
+
+def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
+            target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
+            batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
+            progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
+            log=None):
+    """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
+    from .images import find_images
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: give a positive number")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: give a positive number")
+    if device not in (None, "", "auto", "cpu"):
+        raise UsageError(f"--device {device}: the onnxruntime engine runs on the CPU here: drop --device, "
+                         "or use --engine torch")
+    if (channels_last or "auto").lower() not in ("auto", "off"):
+        raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
+    paths = find_images(list(inputs))
+    folder, policy, run_dir = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
+    cascade = Cascade(folder, threads=threads)
+    cascade.check_policy(policy.thresholds, policy.fallback)
+    from .data import eval_transform
+    from .predict_files import _workers_for
+
+    manifest = cascade.manifest
+    transform = eval_transform(manifest["data_config"], int(manifest["input"]["shape"][-1]))
+    report = predict_paths(cascade, paths, transform, policy, batch_size=batch_size,
+                           workers=_workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
+    report.summary["run"] = str(run_dir if run_dir is not None else folder)
+    report.summary["export"] = str(folder)
+    return report
+
+
+def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_size: int = 64, workers: int = 0,
+                  top_k: int = 1, progress: bool = True):
+    """``predict_files.predict_paths`` with the ONNX Runtime cascade (decoding as there, in a DataLoader)."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from .images import ImageFiles, collate_images
+    from .predict_files import Prediction, PredictionReport, summarize
+    from .progress import track
+
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: give 0 (decode in this process) or more")
+    classes = cascade.classes
+    K = cascade.num_exits
+    costs = [float(c) for c in cascade.manifest["macs"]["exits_cumulative"]]
+    backbone_macs = float(cascade.manifest["macs"]["backbone"])
+    k_top = min(top_k, len(classes))
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_images)
+    preds, errors = {}, {}
+    start = time.perf_counter()
+    batches = track(loader, description="predict", total=len(loader)) if progress else loader
+    for indices, images, batch_errors in batches:
+        for index, error in batch_errors:
+            errors[index] = error
+        if images is None:
+            continue
+        out = cascade.early_exit(images.numpy(), policy.thresholds, policy.score, policy.fallback)
+        probs = softmax(out.logits)
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k_top]
+        for row, index in enumerate(indices):
+            e = int(out.exit_index[row])
+            top = [int(j) for j in order[row]]
+            preds[index] = Prediction(
+                path=str(paths[index]), class_index=top[0], label=str(classes[top[0]]),
+                confidence=float(probs[row, top[0]]), score=float(out.confidence[row]), exit_index=e, num_exits=K,
+                macs=costs[e], top_k=[{"label": str(classes[j]), "probability": float(probs[row, j])} for j in top],
+            )
+    seconds = time.perf_counter() - start
+    predictions = [preds[i] for i in sorted(preds)]
+    error_list = [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]
+    summary = summarize(predictions, len(error_list), K, costs, backbone_macs, seconds)
+    summary.update(policy=policy.to_dict(), device="cpu", engine="onnxruntime", batch_size=batch_size,
+                   workers=workers, channels_last=False)
+    return PredictionReport(predictions, error_list, summary)

@@ -1,0 +1,57 @@
+"""Commands import only what they use: a calibrated run's thresholds are searched without torch,
+timm or scikit-learn, and errors that need no model are reported before any of them is imported.
+(Speed itself is measured in bench/, never asserted here: these tests check what gets imported.)"""
+
+import os
+import subprocess
+import sys
+
+HEAVY = ("torch", "timm", "sklearn", "datasets", "fvcore", "matplotlib")
+
+
+def _imported(args, env_extra=None):
+    """Run `python -X importtime -m scan_cli ARGS`; (exit code, stderr, set of top-level modules imported)."""
+    env = dict(os.environ, **(env_extra or {}))
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", *args], capture_output=True,
+                         text=True, env=env, timeout=300)
+    modules = set()
+    lines = []
+    for line in res.stderr.splitlines():
+        if line.startswith("import time:"):
+            name = line.rsplit("|", 1)[-1].strip()
+            modules.add(name.split(".")[0])
+        else:
+            lines.append(line)
+    return res.returncode, "\n".join(lines), modules
+
+
+def test_calibrating_a_cached_run_imports_no_torch_timm_or_sklearn(trained_run, run_cli):
+    code, _, err = run_cli("calibrate", "--run", str(trained_run), "--max-drop", "0.01", "--dry-run")
+    assert code == 0, err  # fills the caches (exit outputs, MACs)
+    code, err, modules = _imported(["calibrate", "--run", str(trained_run), "--max-drop", "0.01", "--json"])
+    assert code == 0, err
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_an_unknown_backbone_is_reported_without_importing_timm():
+    import timm
+
+    from scan_cli.backbones.timm_families import known_timm_models, remember_timm_models
+
+    remember_timm_models(timm)  # what the first real use of timm records
+    assert "resnet50" in known_timm_models()
+    code, err, modules = _imported(["fit", "resnet5O", "--data", "digits"])
+    assert code == 1 and "unknown backbone 'resnet5O'" in err and "resnet50" in err
+    assert not modules & {"torch", "timm", "sklearn"}, sorted(modules & {"torch", "timm", "sklearn"})
+
+
+def test_errors_that_need_no_model_import_nothing_heavy(tmp_path):
+    for args, code_wanted in ((["calibrate", "--run", str(tmp_path / "missing"), "--max-drop", "0.01"], 1),
+                              (["calibrate", "--target-acc", "1.5"], 2),
+                              (["fit", "resnet18", "--lr", "-1"], 2),
+                              (["predict", str(tmp_path), "--target-acc", "1.5"], 2),
+                              (["profile", "--run", str(tmp_path / "missing")], 1)):
+        code, err, modules = _imported(args)
+        assert code == code_wanted, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), (args, err)
+        assert not modules & {"torch", "timm", "sklearn"}, (args, sorted(modules & {"torch", "timm", "sklearn"}))
