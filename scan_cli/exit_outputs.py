@@ -29,39 +29,58 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
 
 
 def cache_path(run_dir: Path, split: str) -> Path:
+    """v2: undecodable images are left out (v1 caches were written when they were replaced by the
+    next image, so they are not read)."""
     from .artifact import artifact_fingerprint
     from .runs import model_path
 
-    return Path(run_dir) / CACHE_DIR / f"{split}-outputs-{artifact_fingerprint(model_path(run_dir))}.safetensors"
+    return Path(run_dir) / CACHE_DIR / f"{split}-outputs-v2-{artifact_fingerprint(model_path(run_dir))}.safetensors"
 
 
-def read_cached_outputs(run_dir: Path, split: str):
-    """numpy (logits [n, K, C], labels [n]) cached for this artifact, or None (reads no torch)."""
+def read_cached_outputs(run_dir: Path, split: str, skipped=None):
+    """numpy (logits [n, K, C], labels [n]) cached for this artifact, or None (reads no torch).
+    skipped: a `data.SkippedImages` that receives the images left out when the cache was written."""
     path = cache_path(run_dir, split)
     if not path.is_file():
         return None
+    import json
+
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     try:
         tensors = load_file(str(path))
-        return tensors["logits"], tensors["labels"]
+        with safe_open(str(path), framework="numpy") as f:
+            recorded = json.loads((f.metadata() or {}).get("skipped") or "{}")
     except Exception:  # a damaged cache is recomputed
         return None
+    if skipped is not None:
+        skipped.update(recorded)
+    return tensors["logits"], tensors["labels"]
 
 
-def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu"):
-    """Exit logits for a split (numpy), computed once per artifact and stored in run_dir/cache/."""
-    cached = read_cached_outputs(run_dir, split)
+def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu", skipped=None):
+    """Exit logits for a split (numpy), computed once per artifact and stored in run_dir/cache/.
+    skipped: a `data.SkippedImages` that receives the images the loader left out as undecodable
+    (recorded in the cache, so a later read reports them too)."""
+    cached = read_cached_outputs(run_dir, split, skipped)
     if cached is not None:
         return cached
+    import json
+
     from safetensors.torch import save_file
 
     from .artifact import atomic_write
 
     path = cache_path(run_dir, split)
-    logits, labels = collect_exit_outputs(model, make_loader(), device=device, progress=f"{split} exits")
+    loader = make_loader()
+    logits, labels = collect_exit_outputs(model, loader, device=device, progress=f"{split} exits")
+    found = getattr(loader, "skipped", None)
+    meta = {"split": split, "skipped": json.dumps(found.to_dict() if found is not None else {})}
     atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
-                                             str(tmp), metadata={"split": split}))
+                                             str(tmp), metadata=meta))
+    if skipped is not None and found is not None and found is not skipped:
+        skipped.update(found.to_dict())
     return logits.numpy(), labels.numpy()
 
 

@@ -4,6 +4,16 @@ Decoding never trusts a file: `open_rgb` fully decodes it (`img.load()`, so a tr
 error; PIL's LOAD_TRUNCATED_IMAGES is left off) and returns a 3-channel RGB image whatever the
 file's mode (grayscale, RGBA, palette, 16-bit). `ImageFiles` turns every failure into an error
 string instead of an exception, so one bad file never stops a DataLoader.
+
+Huge images: a file whose header declares more than `max_image_pixels()` pixels (default 2**26,
+8192 x 8192; `SCAN_MAX_IMAGE_PIXELS` changes it, 0 turns scan's limit off) is refused before it is
+decoded (`ImageTooLarge`), instead of being decoded whole (PIL only warns up to twice its own
+limit, about 0.5 GB per image and per worker). While scan's limit is on it replaces PIL's
+decompression-bomb check (`PIL.Image.MAX_IMAGE_PIXELS` is set to None), so the message is the
+same whatever the size. JPEG draft mode: `open_rgb(..., draft=(w, h))` lets the JPEG decoder scale
+by 1/2, 1/4 or 1/8 in the DCT while the result stays at least w x h (`draft_size(transform)`
+gives that size for transforms that resize first), so a big photo bound for a small input costs a
+fraction of a full decode.
 """
 
 from __future__ import annotations
@@ -17,6 +27,48 @@ from .errors import ScanError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 _GLOB_CHARS = ("*", "?", "[")
+
+DEFAULT_MAX_IMAGE_PIXELS = 2**26  # 8192 x 8192: 192 MiB as RGB
+PIXEL_LIMIT_VARIABLE = "SCAN_MAX_IMAGE_PIXELS"
+
+
+class ImageTooLarge(ValueError):
+    """A file declares more pixels than `max_image_pixels()`: refused before decoding."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: $SCAN_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS; 0 = no limit of scan's own."""
+    from .errors import UsageError
+
+    text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{PIXEL_LIMIT_VARIABLE}={os.environ[PIXEL_LIMIT_VARIABLE]!r}: give a whole number of pixels "
+                         f"(default {DEFAULT_MAX_IMAGE_PIXELS}; 0 = no limit)")
+    return value
+
+
+def check_size(img) -> None:
+    """Raise ImageTooLarge when an opened (not yet decoded) image declares too many pixels."""
+    limit = max_image_pixels()
+    width, height = img.size
+    if limit and width * height > limit:
+        raise ImageTooLarge(f"image too large ({width} x {height} = {width * height:,} pixels, over the limit of "
+                            f"{limit:,}): set {PIXEL_LIMIT_VARIABLE} to allow it")
+
+
+def _pil_image():
+    """PIL.Image, with PIL's own decompression-bomb check replaced by scan's while scan's limit is on."""
+    from PIL import Image
+
+    if max_image_pixels():
+        Image.MAX_IMAGE_PIXELS = None
+    return Image
 
 
 def is_image_file(path) -> bool:
@@ -44,21 +96,48 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def open_rgb(source):
+def open_rgb(source, draft=None):
     """Decode `source` (a path, bytes, or a binary file object) completely into an RGB PIL image.
 
     Raises on anything that is not a complete, decodable image (PIL.UnidentifiedImageError,
-    OSError for truncated data, ...). For multi-frame files (GIF, TIFF) the first frame is used.
+    OSError for truncated data, ImageTooLarge over the pixel limit, ...). For multi-frame files
+    (GIF, TIFF) the first frame is used. draft=(w, h): a JPEG may be decoded at 1/2, 1/4 or 1/8
+    of its size as long as the result is still at least w x h (other formats decode whole).
     """
     import io
 
-    from PIL import Image
-
+    Image = _pil_image()
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     with Image.open(source) as img:
+        check_size(img)
+        if draft is not None and img.format == "JPEG":
+            img.draft(img.mode, (int(draft[0]), int(draft[1])))
         img.load()  # full decode: truncated data raises here
         return to_rgb(img)
+
+
+def draft_size(transform):
+    """(w, h) the decoded image must at least have for `transform`, when its first geometric step
+    is a resize (the eval transform, pad-and-crop); None otherwise (a random-resized crop may zoom
+    in, so it gets full resolution). Colour-mode steps before the resize are allowed."""
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(steps, (list, tuple)):
+        return None
+    for step in steps:
+        name = type(step).__name__
+        if name in ("EnsureRGB", "Grayscale", "ConvertImageDtype"):
+            continue
+        if name == "Resize":
+            size = step.size
+            if isinstance(size, int):
+                return (size, size)  # the shorter side becomes `size`: both sides must reach it
+            if isinstance(size, (list, tuple)) and len(size) == 1:
+                return (int(size[0]), int(size[0]))
+            if isinstance(size, (list, tuple)) and len(size) == 2:
+                return (int(size[1]), int(size[0]))  # torchvision sizes are (h, w)
+        return None
+    return None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -67,6 +146,8 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image (cannot identify image file)"
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
     msg = str(exc).splitlines()[0] if str(exc) else ""
     if "truncated" in msg.lower():
         return f"truncated image ({msg})"
@@ -75,14 +156,43 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in sorted order; hidden entries are skipped."""
+def walk_images(folder: Path, seen: dict | None = None, duplicates: list | None = None) -> list[Path]:
+    """Image files under `folder`, recursively, in sorted order; hidden entries are skipped.
+
+    Symbolic links are followed, but never into a loop: a link to a folder already walked, or to
+    the folder it sits in or one of its ancestors, is not entered. A file reached twice (through a
+    link, or a link to a file listed already) is listed once, under the first path that reached
+    it: `seen` maps the real paths listed so far to the path listed (pass one dict to share it
+    between calls) and `duplicates` (a list) receives (path, first path) for each one left out."""
     found = []
+    seen = {} if seen is None else seen
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        real = os.path.realpath(dirpath)
+        if real in walked:  # reached again through a link: already listed
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if target in walked or real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                continue  # a loop (the folder itself or an ancestor) or a folder walked already
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            if not name.startswith(".") and is_image_file(name):
-                found.append(Path(dirpath) / name)
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            path = Path(dirpath) / name
+            key = os.path.realpath(path)
+            if key in seen:
+                if duplicates is not None:
+                    duplicates.append((path, seen[key]))
+                continue
+            seen[key] = path
+            found.append(path)
     return found
 
 
@@ -115,13 +225,13 @@ def find_images(inputs: list[str]) -> list[Path]:
         if path.is_file():
             matched = add(path)
         elif path.is_dir():
-            for p in _walk_images(path):
+            for p in walk_images(path):
                 matched = add(p)
         elif any(c in text for c in _GLOB_CHARS):
             for hit in sorted(glob.glob(text, recursive=True)):
                 hp = Path(hit)
                 if hp.is_dir():
-                    for p in _walk_images(hp):
+                    for p in walk_images(hp):
                         matched = add(p)
                 elif hp.is_file() and is_image_file(hp):
                     matched = add(hp)
@@ -156,9 +266,10 @@ class ImageFiles:
     `collate_images`.
     """
 
-    def __init__(self, paths, transform=None):
+    def __init__(self, paths, transform=None, draft="auto"):
         self.paths = [Path(p) for p in paths]
         self.transform = transform
+        self.draft = draft_size(transform) if draft == "auto" else draft  # JPEG draft mode for big photos
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -166,7 +277,7 @@ class ImageFiles:
     def __getitem__(self, index: int):
         path = self.paths[index]
         try:
-            img = open_rgb(path)
+            img = open_rgb(path, draft=self.draft)
         except Exception as exc:  # noqa: BLE001 - every decoding failure becomes a reported error
             return index, None, describe_error(exc)
         try:

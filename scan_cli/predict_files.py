@@ -1,9 +1,11 @@
 """Early-exit prediction on image files: what `scan predict` runs.
 
-The images go through the run's own eval preprocessing, in batches, decoded in parallel by a
-DataLoader over ``images.ImageFiles``; each batch goes through ``ScanModel.early_exit``, which
-drops an image from the batch as soon as an exit fires, so the rest of the network is really
-skipped for it. Files that cannot be decoded become entries of ``errors``; they never stop a run.
+The images go through the run's own eval preprocessing, in batches decoded ahead of the model and
+assembled as uint8 without copies, normalised on the device once per batch (``file_batches``; any
+other transform: a DataLoader over ``images.ImageFiles``); each batch goes through
+``ScanModel.early_exit``, which drops an image from the batch as soon as an exit fires, so the
+rest of the network is really skipped for it. Files that cannot be decoded become entries of
+``errors``; they never stop a run.
 
 Exit numbering: ``exit_index`` is 0-based (0 .. K-1) as everywhere in the code; ``exit`` is the
 1-based number people read ("2/4" is exit 2, ``exit_index`` 1).
@@ -213,7 +215,9 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     import torch
     from torch.utils.data import DataLoader
 
-    from .images import ImageFiles, collate_images
+    from .data.transforms import batch_preprocessing
+    from .file_batches import to_model_input, uint8_batches
+    from .images import ImageFiles, collate_images, draft_size
     from .progress import track
 
     if batch_size < 1:
@@ -229,20 +233,31 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    dataset = ImageFiles(paths, transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images, pin_memory=(device.type == "cuda"))
+    pin = device.type == "cuda"
+    split = batch_preprocessing(transform)
+    if split is not None:  # uint8 batches decoded ahead, normalised on the device once per batch
+        pil_steps, size, mean, std = split
+        loader = uint8_batches(paths, pil_steps, size, batch_size=batch_size, workers=workers, pin=pin,
+                               draft=draft_size(transform))
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        prepare = lambda images: to_model_input(images, mean, std, device, layout)  # noqa: E731
+    else:
+        loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate_images, pin_memory=pin)
+        prepare = lambda images: images.to(device, non_blocking=True).contiguous(memory_format=layout)  # noqa: E731
     preds: dict[int, Prediction] = {}
     errors: dict[int, str] = {}
     start = time.perf_counter()
     with torch.inference_mode():
-        batches = track(loader, description="predict", total=len(loader)) if progress else loader
+        total = -(-len(paths) // batch_size)
+        batches = track(loader, description="predict", total=total) if progress else loader
         for indices, images, batch_errors in batches:
             for index, error in batch_errors:
                 errors[index] = error
             if images is None:
                 continue
-            x = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+            x = prepare(images)
             out = model.early_exit(x, policy.thresholds, policy.score, policy.fallback)
             probs = torch.softmax(out.logits.float(), dim=-1)
             top_p, top_i = probs.topk(k_top, dim=-1)
@@ -321,6 +336,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
 
     check_flags(batch_size=batch_size, top_k=top_k, channels_last=channels_last, score=score, fallback=fallback,
                 target_acc=target_acc, thresholds=thresholds)
+    from .images import max_image_pixels
+
+    max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, not one error row per image
     run_dir = resolve_run(run)
     info = read_info(model_path(run_dir))
     num_exits = len(info.split_points) + 1

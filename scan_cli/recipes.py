@@ -37,6 +37,9 @@ class Recipe:
     description: str = ""
     backbone: Optional[str] = None  # default backbone when none is named on the command line
     data: Optional[str] = None  # None = the digits set
+    image_column: Optional[str] = None  # datasets sources: None = detected (by feature type, then name)
+    label_column: Optional[str] = None
+    streaming: bool = False  # stream the data (Hub ids, parquet/arrow) instead of loading it whole
     img_size: Optional[int] = None  # None = the backbone's data config
     epochs: int = 10
     batch_size: int = 64  # per process
@@ -118,6 +121,11 @@ class Recipe:
         if self.exit_weights is not None and (not isinstance(self.exit_weights, list) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.exit_weights)):
             raise UsageError("exit_weights must be a list of non-negative numbers, one per shallow exit")
+        for key in ("image_column", "label_column"):
+            if getattr(self, key) is not None and (not isinstance(getattr(self, key), str) or not getattr(self, key)):
+                raise UsageError(f"{key} = {getattr(self, key)!r}: give a column name")
+        if not isinstance(self.streaming, bool):
+            raise UsageError(f"streaming = {self.streaming!r}: give true or false")
         if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 8):
             raise UsageError(f"img_size = {self.img_size!r}: give a side of at least 8 pixels")
 

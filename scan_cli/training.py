@@ -211,7 +211,7 @@ class FitOptions:
     weights: Optional[Path] = None
     ema: bool = False  # --weights: take the EMA copy of a training checkpoint
     device: Optional[str] = None
-    image_column: Optional[str] = None
+    image_column: Optional[str] = None  # API callers: these three override the recipe's
     label_column: Optional[str] = None
     streaming: bool = False
     extra: dict = field(default_factory=dict)
@@ -223,16 +223,14 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     ``on_epoch(epoch, summary_so_far)`` is called on the main process after each epoch."""
     import torch
 
-    from . import artifact
-    from .data import load_data, make_loader
-    from .exit_outputs import collect_exit_outputs, exit_accuracies, exit_order_warning
+    from .data import SkippedImages, load_data, make_loader
+    from .exit_outputs import collect_exit_outputs, exit_accuracies
     from .model import HeadConfig
     from .progress import StepClock, make_progress
     from .recipes import available, describe, resolve
     from .registry import default_registry
-    from .runs import mark_latest
 
-    recipe = opts.recipe
+    recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
                                  (opts.device in (None, "auto") and torch.cuda.is_available()) else "cpu")
     device = pick_device(opts.device, dist_info)
@@ -250,8 +248,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     num_shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
     recipe = resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
     splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
-                       val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=opts.image_column,
-                       label_column=opts.label_column, streaming=opts.streaming, hflip=recipe.hflip)
+                       val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=recipe.image_column,
+                       label_column=recipe.label_column, streaming=recipe.streaming, hflip=recipe.hflip)
     data_config = dict(splits.data_config or data_config)  # what the transforms really used (e.g. crop_pct)
     classes = list(splits.classes)
     if len(classes) < 2:
@@ -305,7 +303,10 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     amp_dtype = _amp_dtype(recipe.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     loader_kw = dict(num_workers=recipe.workers, seed=recipe.seed)
-    val_loader = lambda: make_loader(splits.val, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)  # noqa: E731
+    # undecodable images: left out of their batch and counted once per split (in DDP: rank 0's share of train)
+    skipped = {s: SkippedImages() for s in ("train", "val", "test")}
+    val_loader = lambda: make_loader(splits.val, batch_size=recipe.batch_size * 2, shuffle=False,  # noqa: E731
+                                     skipped=skipped["val"], **loader_kw)
 
     summary = {"run": str(run_dir), "backbone": spec.id, "provider": spec.provider, "mode": mode,
                "data": splits.source, "split_sizes": splits.split_sizes, "classes": len(classes),
@@ -321,7 +322,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
             for epoch in range(start_epoch, recipe.epochs):
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
-                                     distributed=dist_info.enabled, drop_last=True, **loader_kw)
+                                     distributed=dist_info.enabled, drop_last=True, skipped=skipped["train"], **loader_kw)
                 stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
                                      scaler, mode, channels_last, progress, clock, epoch_task)
                 if dist_info.is_main:
@@ -356,7 +357,23 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     if not dist_info.is_main:
         return summary
-    # final artifact, metrics on validation and (if any) test
+    try:
+        return _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts,
+                           classes, data_config, img_size, device, run_dir, summary)
+    except KeyboardInterrupt:  # training is done and checkpointed: --resume writes the model
+        from .errors import Interrupted
+
+        raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)} but no model yet: "
+                          f"write it with 'scan fit --resume {run_dir}'") from None
+
+
+def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts, classes,
+                data_config, img_size, device, run_dir, summary) -> dict:
+    """The final artifact, with metrics on validation and (if any) test."""
+    from . import artifact
+    from .exit_outputs import collect_exit_outputs, exit_accuracies, exit_order_warning
+    from .runs import mark_latest
+
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
     warning = exit_order_warning(val_logits, val_labels)
@@ -364,10 +381,14 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         log.warning(warning)
         summary["warnings"] = [warning]
     if splits.test is not None:
-        test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, **loader_kw)
+        test_loader = make_loader(splits.test, batch_size=recipe.batch_size * 2, shuffle=False, skipped=skipped["test"],
+                                  **loader_kw)
         t_logits, t_labels = collect_exit_outputs(model, test_loader, device=device, progress="test")
         summary["test"] = exit_accuracies(t_logits, t_labels)
-    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name}
+    summary["skipped_images"] = {"when listed": splits.skipped.count,
+                                 **{k: v.count for k, v in skipped.items() if getattr(splits, k) is not None}}
+    # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
+    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
@@ -377,6 +398,17 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     mark_latest(run_dir)
     summary["model"] = str(run_dir / MODEL_FILE)
     return summary
+
+
+def _with_data_options(recipe: Recipe, opts: FitOptions) -> Recipe:
+    """The recipe with FitOptions' image/label column and streaming applied (they are recipe
+    fields, recorded with the run, so that later commands read its data the same way)."""
+    from dataclasses import replace
+
+    changes = {k: getattr(opts, k) for k in ("image_column", "label_column") if getattr(opts, k) is not None}
+    if opts.streaming:
+        changes["streaming"] = True
+    return replace(recipe, **changes) if changes else recipe
 
 
 def _backbone_spec(registry, opts: FitOptions):
@@ -489,6 +521,9 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
     done = checkpoint_epoch(run_dir)
+    if done >= recipe.epochs and not (run_dir / MODEL_FILE).is_file():
+        log.info(f"{run_dir} finished training ({done} epochs) but its model was not written: writing it")
+        return
     if done >= recipe.epochs:
         raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
                         f"to train it longer, pass --epochs N with N > {done}")

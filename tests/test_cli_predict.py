@@ -236,6 +236,38 @@ def test_layouts_agree(run_cli, run, images, thresholds):
     assert docs["on"] == docs["off"] and len({e for _, e in docs["on"]}) >= 3
 
 
+def test_target_acc_runs_the_real_calibration_for_this_call_only(run_cli, trained_run, tmp_path):
+    """No stub: --target-acc calibrates the trained run on its validation split (as 'scan calibrate
+    --target-acc' would, without saving) and the images exit where those thresholds send them."""
+    import shutil
+
+    from scan_cli.artifact import load, read_info
+    from scan_cli.calibration.run import calibrate_run
+    from scan_cli.images import find_images
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    info = read_info(run_dir / "model.safetensors")
+    test_images = find_images([str(Path(info.recipe["data"]) / "test")])
+    before = (run_dir / "model.safetensors").read_bytes()
+    code, doc, err = predict_json(run_cli, Path(info.recipe["data"]) / "test", "--run", run_dir, "--target-acc", "0.8")
+    assert code == 0, err
+    assert (run_dir / "model.safetensors").read_bytes() == before and read_info(run_dir / "model.safetensors").calibration is None
+    want = calibrate_run(run_dir, target_acc=0.8, save=False)
+    assert want["val_accuracy"] >= 0.8
+    thresholds = [None if t is None or t == float("inf") else t for t in want["thresholds"][:3]]
+    assert doc["summary"]["policy"] == {"thresholds": thresholds, "score": "max_softmax", "fallback": "last",
+                                        "source": "--target-acc 0.8"}
+    model, info = load(run_dir / "model.safetensors")
+    with torch.no_grad():
+        all_logits = torch.stack([o.float() for o in model(decoded_batch(test_images, info))], dim=1)
+    preds, exits = simulate_cascade(all_logits, thresholds)
+    assert [p["exit_index"] for p in doc["predictions"]] == exits.tolist()
+    assert min(exits.tolist()) < 3  # images leave early: not the uncalibrated run's last exit for all
+    assert [p["label"] for p in doc["predictions"]] == [info.classes[c] for c in preds]
+    assert "from --target-acc 0.8" in err
+
+
 def test_target_acc_override(run_cli, run, images, monkeypatch):
     seen = []
 
@@ -272,3 +304,16 @@ def test_latest_run_by_default(run_cli, run, images, paths, tmp_path, monkeypatc
     monkeypatch.setenv("SCAN_RUNS_DIR", str(tmp_path / "nothing"))
     code, _, err = run_cli("predict", str(paths[0]))
     assert code == 1 and "scan fit" in err
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_row_and_exit_code_3(run_cli, run, images, tmp_path, monkeypatch):
+    from test_images import declared_png
+
+    huge = declared_png(tmp_path / "huge" / "bomb.png", 20_000, 20_000)  # 400 MP declared, a tiny file
+    code, doc, err = predict_json(run_cli, images, huge, "--run", run)
+    assert code == 3 and len(doc["predictions"]) == 20
+    assert [e["path"] for e in doc["errors"]] == [str(huge)]
+    assert "too large" in doc["errors"][0]["error"] and "SCAN_MAX_IMAGE_PIXELS" in doc["errors"][0]["error"]
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "nope")
+    code, _, err = run_cli("predict", str(images), "--run", str(run))
+    assert code == 2 and "SCAN_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1

@@ -274,21 +274,62 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path, caplog):
     assert not any(Path(p).name in ("fake.jpg", "trunc.png", "empty.png") for p in d.train.paths + d.val.paths)
 
 
-def test_damage_found_only_when_decoding_never_crashes_a_loader(tmp_path, caplog):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damage_found_only_when_decoding_is_skipped_and_counted_never_replaced(tmp_path, caplog, workers):
+    """A bad image used to be replaced by the next one (counted twice, with that one's label): it is
+    left out of its batch, counted once per loader and named, and the other items keep their order."""
+    import torch
+
+    from scan_cli.data.dataset import Skipped
+
     root = tmp_path / "f"
     make_class_tree(root, ["a", "b"], 4, ext="jpg")
     buf = io.BytesIO()
     noise(11, (96, 96)).save(buf, "JPEG")
     (root / "a" / "img000.jpg").write_bytes(buf.getvalue()[:300])  # header fine, data cut short
+    (root / "b" / "img003.jpg").write_bytes(buf.getvalue()[:300])
     with caplog.at_level(logging.WARNING):
-        d = load_data(str(root), data_config=HALF, val_fraction=0.25, check_images=False, splits=("train", "val"))
+        d = load_data(str(root), data_config=HALF, train_transform="none", val_fraction=0.25, check_images=False,
+                      splits=("train", "val"))
         ds = d.train if any(p.endswith("a/img000.jpg") for p in d.train.paths) else d.val
         bad = [i for i, p in enumerate(ds.paths) if p.endswith("a/img000.jpg")][0]
-        x, y = ds[bad]  # replaced by the next decodable item, with that item's label
-        assert tuple(x.shape) == (3, 16, 16) and y == int(ds.labels[(bad + 1) % len(ds)])
-        batches = list(make_loader(ds, batch_size=4, shuffle=False, num_workers=0))
-    assert sum(len(b[1]) for b in batches) == len(ds)
+        assert isinstance(ds[bad], Skipped) and ds[bad].name.endswith("a/img000.jpg")
+        loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=workers)
+        batches = list(loader)
+        again = list(loader)  # a second epoch finds the same image: still one
+    good = [i for i in range(len(ds)) if not ds.paths[i].endswith(("a/img000.jpg", "b/img003.jpg"))]
+    labels = [int(v) for _, y in batches for v in y]
+    assert labels == [int(ds.labels[i]) for i in good]  # nothing replaced, order kept
+    assert torch.equal(torch.cat([x for x, _ in batches]), torch.stack([ds[i][0] for i in good]))
+    assert len(again) == len(batches)
+    bad_here = sum(ds.paths[i].endswith(("a/img000.jpg", "b/img003.jpg")) for i in range(len(ds)))
+    assert loader.skipped.count == bad_here and "img000.jpg" in loader.skipped.summary()
     assert "img000.jpg" in caplog.text
+
+
+def test_a_batch_of_only_bad_images_is_left_out(tmp_path):
+    from scan_cli.data.dataset import FileImages
+
+    good = tmp_path / "good.png"
+    noise(1).save(good)
+    bad = [tmp_path / f"bad{i}.png" for i in range(3)]
+    for b in bad:
+        b.write_bytes(b"nope")
+    ds = FileImages([(bad[0], 0), (bad[1], 1), (good, 1), (bad[2], 0)], eval_transform(HALF))
+    loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=0)
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][1].tolist() == [1]
+    assert loader.skipped.count == 3
+
+
+def test_images_over_the_pixel_limit_are_skipped_and_counted_when_listed(tmp_path, monkeypatch):
+    root = tmp_path / "f"
+    make_class_tree(root, ["a", "b"], 4)
+    noise(3, (64, 64)).save(root / "a" / "big.png")
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", str(64 * 64 - 1))
+    d = load_data(str(root), data_config=HALF, val_fraction=0.25)
+    assert d.skipped.count == 1 and "too large" in d.skipped.summary() and "big.png" in d.skipped.summary()
+    assert len(d.train) + len(d.val) == 8
 
 
 # --------------------------------------------------------------------------- `datasets` sources
@@ -426,7 +467,9 @@ def test_aliases_resolve_without_network():
     assert resolve_alias("CIFAR10") == "uoft-cs/cifar10"
     assert resolve_alias("cifar100") == "uoft-cs/cifar100"
     assert resolve_alias("someone/thing") == "someone/thing"
-    assert set(DATASET_ALIASES.values()) == {"ILSVRC/imagenet-1k", "uoft-cs/cifar10", "uoft-cs/cifar100"}
+    assert resolve_alias("fashion-mnist") == "zalando-datasets/fashion_mnist" and resolve_alias("mnist") == "ylecun/mnist"
+    assert set(DATASET_ALIASES.values()) == {"ILSVRC/imagenet-1k", "uoft-cs/cifar10", "uoft-cs/cifar100",
+                                             "zalando-datasets/fashion_mnist", "ylecun/mnist"}
 
 
 def test_paths_and_hub_ids_are_told_apart():
@@ -558,3 +601,25 @@ def test_every_command_rebuilds_the_validation_set_fit_held_out(tmp_path):
         assert torch.equal(torch.stack([x for x, _ in all_items(val)]), want)
         batches, reason = validation_batches(run, info, batch_size=4)
         assert reason is None and torch.equal(torch.cat(batches), want)
+
+
+# --------------------------------------------------------------------------- symlinks in image folders
+
+
+def test_symlink_loops_and_duplicates_in_a_folder_keep_every_label_right(tmp_path, caplog):
+    """3 files once became 243 entries with wrong labels: a loop is never followed, a file reached
+    twice is listed once, and a val/ file that is a train file is left out of val."""
+    root = tmp_path / "f"
+    make_class_tree(root / "train", ["a", "b"], 3)
+    (root / "train" / "a" / "up").symlink_to(root / "train")  # loop, and a way into class b
+    (root / "train" / "b" / "dup.png").symlink_to(root / "train" / "a" / "img000.png")
+    make_class_tree(root / "val", ["a", "b"], 2, seed=1)
+    (root / "val" / "a" / "leak.png").symlink_to(root / "train" / "a" / "img001.png")
+    with caplog.at_level(logging.WARNING):
+        d = load_data(str(root), data_config=HALF)
+    assert d.split_sizes == {"train": 6, "val": 4}
+    for p, lab in d.train.samples:
+        assert Path(p).relative_to(root / "train").parts[0] == d.classes[lab] and "up" not in Path(p).parts
+    train_files = {str(Path(p).resolve()) for p in d.train.paths}
+    assert len(train_files) == 6 and not train_files & {str(Path(p).resolve()) for p in d.val.paths}
+    assert "dup.png" in caplog.text and "leak.png" in caplog.text

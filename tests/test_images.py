@@ -158,3 +158,110 @@ def test_transform_failure_is_reported_not_raised(tmp_path):
 def test_collate_with_only_bad_images():
     indices, images, errors = collate_images([(0, None, "bad"), (1, None, "worse")])
     assert indices == [] and images is None and errors == [(0, "bad"), (1, "worse")]
+
+
+# -- symlinks (issue 11 item 5) ---------------------------------------------------------------------
+def test_a_symlink_loop_is_never_followed(tmp_path):
+    root = tmp_path / "imgs"
+    save(noise(seed=1), root / "a" / "x.png")
+    save(noise(seed=2), root / "b" / "y.png")
+    save(noise(seed=3), root / "b" / "z.png")
+    (root / "a" / "up").symlink_to(root)  # a loop: root/a/up/a/up/...
+    (root / "b" / "self").symlink_to(root / "b")
+    rel = sorted(p.relative_to(root).as_posix() for p in find_images([str(root)]))
+    assert rel == ["a/x.png", "b/y.png", "b/z.png"]
+    # walking one class folder must not climb out of it through the loop either
+    assert [p.name for p in find_images([str(root / "a")])] == ["x.png"]
+
+
+def test_a_symlinked_duplicate_is_listed_once(tmp_path):
+    root = tmp_path / "imgs"
+    save(noise(seed=1), root / "a" / "x.png")
+    (root / "a" / "copy.png").symlink_to(root / "a" / "x.png")
+    (root / "more").mkdir()
+    (root / "more" / "same").symlink_to(root / "a", target_is_directory=True)
+    assert [p.relative_to(root).as_posix() for p in find_images([str(root)])] == ["a/copy.png"]
+    from scan_cli.images import walk_images
+
+    assert [p.name for p in walk_images(root)] == ["copy.png"]  # not once per path that reaches it
+
+
+# -- huge images and JPEG draft mode (issue 11 item 9) ---------------------------------------------
+def declared_png(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG file whose header declares width x height (only its header is valid)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    noise((2, 2)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path, recwarn):
+    from scan_cli.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, describe_error
+
+    huge = declared_png(tmp_path / "huge.png", 12_000, 9_000)  # 108 MP declared, a few hundred bytes
+    assert huge.stat().st_size < 1000 and 12_000 * 9_000 > DEFAULT_MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLarge) as err:
+        open_rgb(huge)
+    msg = describe_error(err.value)
+    assert "12000 x 9000" in msg and "SCAN_MAX_IMAGE_PIXELS" in msg and "\n" not in msg
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]  # ours, not PIL's warning
+
+
+def test_the_pixel_limit_comes_from_the_environment(tmp_path, monkeypatch):
+    from scan_cli.errors import UsageError
+    from scan_cli.images import ImageTooLarge, max_image_pixels
+
+    path = save(noise((40, 30)), tmp_path / "a.png")
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "1000")
+    assert max_image_pixels() == 1000
+    with pytest.raises(ImageTooLarge):
+        open_rgb(path)
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "1200")
+    assert open_rgb(path).size == (40, 30)
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "0")  # no limit of scan's own
+    assert open_rgb(path).size == (40, 30)
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(UsageError, match="SCAN_MAX_IMAGE_PIXELS"):
+        max_image_pixels()
+
+
+def test_big_jpegs_decode_at_reduced_size_when_the_target_is_small(tmp_path):
+    import torch
+
+    from scan_cli.data import eval_transform
+    from scan_cli.images import draft_size
+
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    arr = np.stack([128 + 100 * np.sin(xx / 40), 128 + 100 * np.cos(yy / 30), (xx + yy) % 256], -1)
+    path = save(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), tmp_path / "big.jpg")
+    t = eval_transform({"input_size": (3, 48, 48), "crop_pct": 0.9, "mean": (0.5,) * 3, "std": (0.25,) * 3})
+    assert draft_size(t) == (53, 53)  # the eval resize: shorter side 48 / 0.9
+    assert open_rgb(path).size == (1600, 1200)
+    small = open_rgb(path, draft=draft_size(t))
+    assert small.size == (200, 150)  # 1/8 in the DCT: still above what the resize needs
+    full, reduced = t(open_rgb(path)), t(small)
+    assert full.shape == reduced.shape == (3, 48, 48)
+    assert float((full - reduced).abs().mean()) < 0.05  # the same picture
+    assert open_rgb(save(noise((60, 60)), tmp_path / "s.jpg"), draft=(53, 53)).size == (60, 60)  # not big enough
+    png = save(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), tmp_path / "big.png")
+    assert open_rgb(png, draft=(53, 53)).size == (1600, 1200)  # draft is JPEG's; other formats decode whole
+    _, x, err = ImageFiles([path], t)[0]
+    assert err is None and torch.equal(x, reduced)  # predict decodes in draft mode
+
+
+def test_draft_size_only_for_transforms_that_resize_first():
+    from scan_cli.data import train_transform
+    from scan_cli.images import draft_size
+
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    assert draft_size(train_transform(cfg, "pad_crop")) == (32, 32)
+    assert draft_size(train_transform(cfg, "rrc")) is None  # a random crop may zoom in: full resolution
+    assert draft_size(lambda img: img) is None

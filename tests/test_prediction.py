@@ -435,3 +435,60 @@ def test_another_fallback_recalibrates_for_it(run_dir, monkeypatch):
     other = exit_policy(info, run_dir, 4, fallback="ensemble")
     assert calls == [{"save": False, "score": "max_softmax", "fallback": "ensemble", "device": "auto", "max_drop": 0.01}]
     assert other.thresholds == [0.7, 0.7, 0.7] and other.fallback == "ensemble" and "recalibrated" in other.source
+
+
+# -- from files to answers (issue 10 item 5) -------------------------------------------------------
+def test_uint8_batches_normalised_on_the_device_are_bit_for_bit_the_per_image_transform(loaded, images, tmp_path):
+    from scan_cli.data.transforms import batch_preprocessing
+    from scan_cli.file_batches import to_model_input, uint8_batches
+
+    model, info, transform = loaded
+    pil_steps, size, mean, std = batch_preprocessing(transform)
+    assert size == (SIZE, SIZE)
+    make_bad_files(tmp_path / "bad")
+    paths = list(images[:7]) + sorted((tmp_path / "bad").iterdir()) + list(images[7:])
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    for workers in (0, 2):
+        got, errors = {}, {}
+        for indices, u8, errs in uint8_batches(paths, pil_steps, size, batch_size=5, workers=workers, pin=False):
+            assert u8 is None or (u8.dtype == torch.uint8 and u8.shape[1:] == (SIZE, SIZE, 3))
+            errors.update(dict(errs))
+            if u8 is not None:
+                x = to_model_input(u8, mean, std, "cpu", torch.channels_last)
+                assert x.is_contiguous(memory_format=torch.channels_last)
+                got.update({i: x[r] for r, i in enumerate(indices)})
+        assert sorted(errors) == [7, 8, 9]
+        want = decoded_batch([paths[i] for i in sorted(got)], info)
+        assert torch.equal(torch.stack([got[i] for i in sorted(got)]), want)  # not approx: the same bits
+
+
+def test_batch_preprocessing_only_splits_what_it_can_reproduce():
+    from scan_cli.data import train_transform
+    from scan_cli.data.transforms import batch_preprocessing
+
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    assert batch_preprocessing(train_transform(cfg, "rrc")) is None  # random steps: per image
+    assert batch_preprocessing(train_transform(cfg, "pad_crop")) is None
+    assert batch_preprocessing(lambda img: img) is None
+
+
+@pytest.mark.parametrize("workers, channels_last", [(0, True), (0, False), (2, True)])
+def test_predictions_are_those_of_the_per_image_path(loaded, images, tmp_path, workers, channels_last):
+    """The uint8 path gives the answers (labels, exits, confidences: equal, not close) that the
+    per-image float path gave before it, bad files included."""
+    model, info, transform = loaded
+    make_bad_files(tmp_path / "bad")
+    paths = list(images[:5]) + sorted((tmp_path / "bad").iterdir()) + list(images[5:])
+    x = decoded_batch(images, info)
+    with torch.no_grad():
+        thresholds = spread_thresholds(torch.stack([o.float() for o in model(x)], dim=1))
+    per_image = (model, info, lambda img: transform(img))  # not splittable: the DataLoader over ImageFiles
+    kw = dict(batch_size=6, workers=workers, channels_last=channels_last)
+    before = _predict(per_image, paths, thresholds, **kw)
+    after = _predict(loaded, paths, thresholds, **kw)
+    rows = lambda r: [(p.path, p.class_index, p.exit_index, p.confidence, p.score) for p in r.predictions]  # noqa: E731
+    assert rows(after) == rows(before) and len(rows(after)) == len(images)
+    assert after.errors == before.errors and len(after.errors) == 3
+    assert len({p.exit_index for p in after.predictions}) >= 3  # the check can fail: exits really differ
+    model.to(memory_format=torch.contiguous_format)

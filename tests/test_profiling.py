@@ -159,8 +159,6 @@ def test_cumulative_costs_are_non_decreasing_and_end_at_backbone_plus_heads():
 
 # -- attention is counted -----------------------------------------------------------------------
 def test_vit_count_includes_attention():
-    import timm.layers
-
     model, size = build_bare_model("test_vit")  # native size: no position-embedding resampling
     blocks = model.backbone.model.blocks
     for blk in blocks:
@@ -174,7 +172,13 @@ def test_vit_count_includes_attention():
     assert with_handle.backbone_macs - without.backbone_macs == expected
     assert without.uncounted_ops == {"aten::scaled_dot_product_attention": len(blocks)}
     assert with_handle.uncounted_ops == {}
-    assert timm.layers.use_fused_attn() in (True, False)  # the switch the test overrides exists
+    # an independent count: timm's unfused path computes the same attention as two matmuls
+    # (q @ k^T, attn @ v), which fvcore counts by itself; the fused kernel must cost the same
+    for blk in blocks:
+        blk.attn.fused_attn = False
+    unfused = profiling.count_macs(model, size, handles={})
+    assert "scaled_dot_product_attention" not in unfused.by_operator and unfused.uncounted_ops == {}
+    assert unfused.backbone_macs == with_handle.backbone_macs
 
 
 # -- published cost -----------------------------------------------------------------------------
@@ -257,10 +261,21 @@ def test_damaged_cache_is_recomputed(run_dir):
 
 # -- expected cost ------------------------------------------------------------------------------
 def test_expected_cost_weights_cumulative_costs_by_exit_shares(toy):
+    """Shares that the thresholds really give on the toy (not made-up numbers next to thresholds the
+    model never reaches): the expected cost is what the images leaving there really cost, on average."""
+    from scan_cli.scoring import confidence
+
     r = profiling.count_macs(toy, 8)
-    cal = {"thresholds": [0.9, 0.8, None], "exit_shares": [0.5, 0.3, 0.2]}
-    exp = profiling.expected_cost(r, cal)
-    want = 0.5 * r.cumulative[0] + 0.3 * r.cumulative[1] + 0.2 * r.cumulative[2]
+    x = torch.randn(60, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scores = [confidence(z.float(), "max_softmax") for z in toy(x)]
+        thresholds = [float(scores[0].quantile(0.6)), float(scores[1].quantile(0.5)), None]  # about 40 % / 30 % / 30 %
+        out = toy.early_exit(x, thresholds, "max_softmax", "last")
+    exits = out.exit_index.tolist()
+    shares = [exits.count(k) / len(exits) for k in range(3)]
+    assert all(0.2 < s < 0.5 for s in shares), shares  # spread, so that a wrong weighting shows
+    exp = profiling.expected_cost(r, {"thresholds": thresholds, "exit_shares": shares})
+    want = sum(r.cumulative[k] for k in exits) / len(exits)  # per image, then averaged
     assert exp.macs == pytest.approx(want)
     assert exp.speedup == pytest.approx(r.backbone_macs / want)
 

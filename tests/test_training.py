@@ -211,21 +211,38 @@ def test_distributed_two_processes_gloo(folder, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_heads_mode_keeps_a_matching_classifier(folder, tmp_path):
-    """Weights already made for these 3 classes: the backbone's classifier stays as it was."""
+def test_heads_mode_keeps_a_matching_classifier(folder, tmp_path, monkeypatch):
+    """Weights already made for these 3 classes: the backbone (classifier included) stays as it was,
+    and the exit heads are trained: they moved away from the weights they were built with (not
+    just "non-zero", which any random initialisation is)."""
     from safetensors.torch import load_file, save_file
 
+    import scan_cli.model
     from scan_cli.registry import default_registry
 
     torch.manual_seed(1)
     backbone = default_registry().get("resnet10_cifar").build(num_classes=3)
     weights = tmp_path / "w3.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(weights))
+    built = {}
+    real_build = scan_cli.model.build_scan_model
+
+    def build_and_remember(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(scan_cli.model, "build_scan_model", build_and_remember)
     out = tmp_path / "heads3"
     fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder), epochs=1, mode="heads"), out=out, weights=weights))
     trained = load_file(str(out / "model.safetensors"))
-    assert torch.equal(trained["backbone.model.fc.weight"], backbone.model.fc.weight)
-    assert not torch.equal(trained["heads.0.fc.weight"], torch.zeros_like(trained["heads.0.fc.weight"]))
+    for name, value in backbone.model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(trained[f"backbone.model.{name}"], value), name  # frozen, BN statistics included
+    for k in range(3):
+        for part in ("fc.weight", "fc.bias"):
+            key = f"heads.{k}.{part}"
+            assert not torch.equal(trained[key], built[key]), f"{key} was not trained"
 
 
 def test_pretrained_offline_fails_at_once(folder, tmp_path, monkeypatch):

@@ -15,14 +15,19 @@ from ..errors import UsageError
 
 
 def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
-    """numpy ([n, K, C] logits, [n] labels) of ``split``, cached per artifact when the run's own data is
-    used. The model and the data are only loaded on a cache miss (a cached run needs no torch)."""
+    """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact when the run's own
+    data is used. The model and the data are only loaded on a cache miss (a cached run needs no torch).
+    ``skipped`` (a ``SkippedImages``) counts the split's images left out as undecodable, also when the
+    outputs come from the cache; they are named in a warning and the count goes into the report."""
+    from ..data.dataset import SkippedImages
     from ..exit_outputs import read_cached_outputs
 
+    skipped = SkippedImages()
     if data is None:
-        cached = read_cached_outputs(run_dir, split)
+        cached = read_cached_outputs(run_dir, split, skipped)
         if cached is not None:
-            return cached
+            _warn_skipped(split, skipped, len(cached[1]))
+            return cached[0], cached[1], skipped
     from .. import artifact
     from ..data import make_loader, run_split
     from ..devices import resolve_device
@@ -32,11 +37,22 @@ def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[
     dataset, _ = run_split(run_dir, info, split, data)
     device = resolve_device(device)
     model, _ = artifact.load(model_path(run_dir), device=device)
-    make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False)  # noqa: E731
+    make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if data is None:
-        return cached_exit_outputs(run_dir, split, make, model, device=device)
-    logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
-    return logits.numpy(), labels.numpy()
+        logits, labels = cached_exit_outputs(run_dir, split, make, model, device=device, skipped=skipped)
+    else:
+        logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+        logits, labels = logits.numpy(), labels.numpy()
+    _warn_skipped(split, skipped, len(labels))
+    return logits, labels, skipped
+
+
+def _warn_skipped(split: str, skipped, used: int) -> None:
+    if skipped:
+        import logging
+
+        name = {"val": "validation"}.get(split, split)
+        logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {used} images used")
 
 
 def costs_of(run_dir: Path, info):
@@ -72,7 +88,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     fallback = fallback or previous.get("fallback", "last")
     if fallback not in ("last", "ensemble"):
         raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels = split_outputs(run_dir, info, "val", device=device)
+    logits, labels, skipped = split_outputs(run_dir, info, "val", device=device)
     costs = costs_of(run_dir, info)
     cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
@@ -84,6 +100,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
                        confidence=confidence, seed=seed, backbone_cost=backbone_macs)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
+                "skipped_images": skipped.count,
                 "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
                 "head_macs": list(costs.heads),
                 "search_seconds": time.perf_counter() - t0,
@@ -119,8 +136,9 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir)
     info = artifact.read_info(model_path(run_dir))
-    logits, labels = split_outputs(run_dir, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(len(labels))}
+    logits, labels, skipped = split_outputs(run_dir, info, split, device=device, data=data)
+    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(len(labels)),
+           "skipped_images": skipped.count}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]

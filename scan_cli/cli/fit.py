@@ -58,14 +58,14 @@ def fit_command(
                  warmup_epochs=warmup_epochs, augment=augment, hflip=hflip, loss=loss, img_size=img_size, mode=mode,
                  pretrained=pretrained, kd=kd, feature_hint=feature_hint, attention=attention, heads=heads,
                  splits=[s.strip() for s in splits.split(",") if s.strip()] if splits else None,
-                 val_fraction=val_fraction, seed=seed, workers=workers, amp=amp)
+                 val_fraction=val_fraction, seed=seed, workers=workers, amp=amp, image_column=image_column,
+                 label_column=label_column, streaming=streaming or None)
     recipe_name = recipe
     if resume is not None:
         resume = resume.resolve()
         resolved, extra = read_checkpoint_recipe(resume)
         _refuse_changes_on_resume(resolved, extra, dict(flags, backbone=backbone, recipe=recipe, out=out,
-                                                        weights=weights, ema=ema or None, image_column=image_column,
-                                                        label_column=label_column, streaming=streaming or None))
+                                                        weights=weights, ema=ema or None))
         backbone = extra.get("backbone")
         recipe_name = extra.get("recipe_name")
         if epochs is not None:  # the one setting a resumed run may change: train longer (the lr horizon follows)
@@ -94,8 +94,7 @@ def fit_command(
         print_json(_resolved_for_print(resolved, backbone, weights is not None) | {"backbone": backbone, "recipe_name": recipe_name})
         return
     summary = fit(FitOptions(backbone=backbone, recipe=resolved, recipe_name=recipe_name, out=out, resume=resume,
-                             weights=weights, ema=ema, device=device, image_column=image_column, label_column=label_column,
-                             streaming=streaming))
+                             weights=weights, ema=ema, device=device))
     if "val" not in summary:  # not the main process of a distributed run
         return
     if as_json:
@@ -147,4 +146,9 @@ def _print_summary(summary: dict) -> None:
             row = summary[split]
             table.add_row(f"{split} (n={row['n']})", *[f"{100 * a:.2f}" for a in row["exits"]], f"{100 * row['ensemble']:.2f}")
     stdout_console().print(table)
+    skipped = summary.get("skipped_images") or {}
+    if sum(skipped.values()):
+        total = sum(skipped.values())
+        parts = ", ".join(f"{k} {v}" for k, v in skipped.items() if k != "when listed" or v)
+        info(f"skipped {total} undecodable image{'s' if total != 1 else ''} ({parts}): each left out, none replaced")
     info(f"model written to {summary['model']}; next: scan calibrate --run {summary['run']} --max-drop 0.005")

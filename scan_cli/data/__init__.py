@@ -48,6 +48,7 @@ _EXPORTS = {
     "FileImages": "dataset",
     "HFImages": "dataset",
     "SkippedImages": "dataset",
+    "Skipped": "dataset",
     "StreamingImages": "streaming",
     "STREAM_SHUFFLE_BUFFER": "streaming",
     "DEFAULT_DATA_CONFIG": "transforms",

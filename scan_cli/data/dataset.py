@@ -1,11 +1,17 @@
 """What a source returns (`DataSplits`), and map-style datasets of (image, label) that decode
 lazily and survive undecodable images.
 
-Damage only full decoding finds (a truncated JPEG) and damaged rows in `datasets` sources (not
-checked up front: that would mean decoding the whole set) are handled when read: the item is
-replaced by the next decodable one of the same dataset (with its own label) and a warning names
-the file, so a DataLoader never crashes on one bad image. Image folders are also checked when
-indexed (see `folder.py`); what that check leaves out is counted in `SkippedImages`.
+Damage only full decoding finds (a truncated JPEG), images over the pixel limit
+(`images.max_image_pixels`) and damaged rows in `datasets` sources (not checked up front: that
+would mean decoding the whole set) are handled when read: the dataset returns a `Skipped` marker
+for the item instead of an image, and the loaders of `loader.py` leave it out of its batch, count
+it (`SkippedImages`, once per image) and name it in a warning. The item is never replaced by
+another one (which then counted twice, with its own label), and the other items of the batch keep
+their order, so a training batch is its sampler's indices minus the bad ones. Image folders are
+also checked when indexed (see `folder.py`); what that check leaves out is counted in
+`DataSplits.skipped`.
+
+Large JPEGs are decoded in draft mode when the transform resizes first (`images.draft_size`).
 
 Nothing here imports torch at module level: torch's DataLoader only needs __len__ and __getitem__.
 """
@@ -16,25 +22,49 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..errors import ScanError
-from ..images import describe_error, open_rgb, to_rgb
+from ..images import check_size, describe_error, draft_size, open_rgb, to_rgb
 
 log = logging.getLogger(__name__)
 
 MAX_SKIP_EXAMPLES = 5
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """What a dataset gives for an item it cannot decode; loaders leave it out and count it."""
+
+    index: int
+    name: str
+    reason: str
+
+
 @dataclass
 class SkippedImages:
-    """Images left out because they could not be decoded: how many and a few (path, reason)."""
+    """Images left out because they could not be decoded: how many (each image once, however
+    often it is read) and a few (path, reason)."""
 
     count: int = 0
     examples: list = field(default_factory=list)
+    _names: set = field(default_factory=set, repr=False, compare=False)
 
-    def add(self, path, reason: str) -> None:
+    def add(self, path, reason: str) -> bool:
+        """Count `path` unless it was counted already; True when it is new."""
+        if str(path) in self._names:
+            return False
+        self._names.add(str(path))
         self.count += 1
         if len(self.examples) < MAX_SKIP_EXAMPLES:
             self.examples.append((str(path), reason))
+        return True
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "examples": [list(e) for e in self.examples]}
+
+    def update(self, other: dict) -> None:
+        """Add what `to_dict()` gave (e.g. read back from a cache)."""
+        for path, reason in (other or {}).get("examples", []):
+            self.add(path, reason)
+        self.count += max(0, int((other or {}).get("count", 0)) - len((other or {}).get("examples", [])))
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -57,6 +87,9 @@ class DataSplits:
     split_sizes: number of examples per built split; None as a value for a streamed split.
     skipped: undecodable images left out at load time (image folders; see `folder.py`).
     val_from_train: True when validation was held out of the training data.
+    val_rule: where validation came from: {"from": "train", "rule", "key", "fraction", "seed"} when
+    held out of train (`holdout.py`), {"from": "own split", "name"} or {"from": "fixed split"} (digits).
+    image_column / label_column: the columns read (`datasets` sources), else None.
     data_config: the timm data config the transforms used (img_size and source tweaks applied).
     """
 
@@ -70,10 +103,19 @@ class DataSplits:
     val_from_train: bool = False
     streaming: bool = False
     data_config: dict = field(default_factory=dict)
+    val_rule: dict = field(default_factory=dict)
+    image_column: str | None = None
+    label_column: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def record(self) -> dict:
+        """What decides these splits, for a run to record (`scan fit` stores it as the recipe's
+        `data_split`; `splits.run_data` rebuilds the splits from it and checks they still match)."""
+        return {"source": self.source, "streaming": bool(self.streaming), "image_column": self.image_column,
+                "label_column": self.label_column, "val": dict(self.val_rule)}
 
     @classmethod
     def of(cls, built: dict, *, classes: list, source: str, data_config: dict, streaming: bool = False,
@@ -93,10 +135,8 @@ class DataSplits:
 
 
 class _RobustImages:
-    """Base for map-style datasets that decode lazily: an item that fails to decode is replaced
-    by the next decodable one (with that one's label) and a warning names it once per process."""
-
-    _max_tries = 32
+    """Base for map-style datasets that decode lazily: an item that fails to decode (or is over
+    the pixel limit) is returned as a `Skipped` marker, which the loaders leave out and count."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,24 +153,12 @@ class _RobustImages:
             index += n
         if not 0 <= index < n:
             raise IndexError(index)
-        for step in range(min(n, self._max_tries)):
-            i = (index + step) % n
-            try:
-                img = self._decode(i)
-            except Exception as exc:  # noqa: BLE001 - a bad image must not kill the DataLoader
-                self._warn(i, exc)
-                continue
-            x = self.transform(img) if self.transform is not None else img
-            return x, int(self.labels[i])
-        raise ScanError(
-            f"{self._max_tries} consecutive images around {self._name(index)} cannot be decoded: check the data"
-        )
-
-    def _warn(self, i, exc) -> None:
-        warned = self.__dict__.setdefault("_warned", set())
-        if i not in warned:
-            warned.add(i)
-            log.warning("skipping undecodable image %s: %s", self._name(i), describe_error(exc))
+        try:
+            img = self._decode(index)
+        except Exception as exc:  # noqa: BLE001 - a bad image must not kill the DataLoader
+            return Skipped(index, self._name(index), describe_error(exc))
+        x = self.transform(img) if self.transform is not None else img
+        return x, int(self.labels[index])
 
 
 class ArrayImages(_RobustImages):
@@ -148,7 +176,7 @@ class ArrayImages(_RobustImages):
     def _decode(self, i):
         from PIL import Image
 
-        return to_rgb(Image.fromarray(self.images[i]))
+        return to_rgb(Image.fromarray(self.images[i]))  # in memory already: no size check or draft
 
 
 class FileImages(_RobustImages):
@@ -160,13 +188,14 @@ class FileImages(_RobustImages):
         self.paths = [str(p) for p, _ in samples]
         self.labels = np.asarray([int(lab) for _, lab in samples], dtype=np.int64)
         self.transform = transform
+        self.draft = draft_size(transform)
 
     @property
     def samples(self):
         return list(zip(self.paths, self.labels.tolist()))
 
     def _decode(self, i):
-        return open_rgb(self.paths[i])
+        return open_rgb(self.paths[i], draft=self.draft)
 
     def _name(self, i):
         return self.paths[i]
@@ -184,29 +213,32 @@ class HFImages(_RobustImages):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
+        self.draft = draft_size(transform)
 
     def _decode(self, i):
-        return value_to_pil(self.hf[int(self.indices[i])][self.image_column])
+        return value_to_pil(self.hf[int(self.indices[i])][self.image_column], draft=self.draft)
 
     def _name(self, i):
         return f"row {int(self.indices[i])}"
 
 
-def value_to_pil(value):
-    """An image column value (PIL image, {'bytes','path'} dict, bytes, path, or pixel array) as RGB."""
+def value_to_pil(value, draft=None):
+    """An image column value (PIL image, {'bytes','path'} dict, bytes, path, or pixel array) as RGB.
+    draft: see `images.open_rgb` (JPEG draft mode)."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
+        check_size(value)
         value.load()
         return to_rgb(value)
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            return open_rgb(value["bytes"])
+            return open_rgb(value["bytes"], draft=draft)
         if value.get("path"):
-            return open_rgb(value["path"])
+            return open_rgb(value["path"], draft=draft)
         raise ValueError("empty image entry (no bytes and no path)")
     if isinstance(value, (bytes, bytearray, memoryview, str, os.PathLike)):
-        return open_rgb(value)
+        return open_rgb(value, draft=draft)
     if value is None:
         raise ValueError("missing image")
     import numpy as np

@@ -33,4 +33,4 @@ def load_digits(cfg, kind, hflip, splits) -> DataSplits:
     parts = {"train": (train_idx, tr), "val": (val_idx, ev), "test": (test_idx, ev)}
     built = {s: ArrayImages(images[idx], labels[idx], t, source_indices=idx) for s, (idx, t) in parts.items() if s in splits}
     return DataSplits.of(built, classes=[str(i) for i in range(10)], source="digits (scikit-learn)", data_config=cfg,
-                         val_from_train=False)
+                         val_from_train=False, val_rule={"from": "fixed split"})

@@ -3,11 +3,14 @@
 In the flat layout validation is held out of the folder (`holdout.holdout`, keyed by relative
 path). In the ImageNet layout `root/val` (or `validation`, `valid`) and `root/test` hold the same
 class sub-folders as `root/train`. Images are found recursively inside each class folder; hidden
-files and folders are skipped.
+files and folders are skipped. Symbolic links are followed but never into a loop, and a file
+reached twice is listed once (`images.walk_images`): train first, so a val/ or test/ file that is
+a training file (through a link) is left out of val/test with a warning.
 
 Undecodable images: every file is opened and `verify()`-ed in a thread pool when indexed
-(`check_images=True`); failures are left out, counted in `DataSplits.skipped` and reported with a
-warning. Damage only full decoding finds is handled when read (see `dataset.py`).
+(`check_images=True`); failures and images over the pixel limit (`images.max_image_pixels`) are
+left out, counted in `DataSplits.skipped` and reported with a warning. Damage only full decoding
+finds is handled when read (see `dataset.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import os
 from pathlib import Path
 
 from ..errors import ScanError
-from ..images import IMAGE_EXTENSIONS, _walk_images, describe_error, is_image_file
+from ..images import IMAGE_EXTENSIONS, describe_error, is_image_file, walk_images
 from .dataset import DataSplits, FileImages, SkippedImages
-from .holdout import holdout
+from .holdout import MAP_RULE, holdout, rule
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -33,9 +36,10 @@ def _class_folders(folder: Path):
     return subdirs, loose
 
 
-def _list_with_classes(folder: Path, classes: list, role: str):
+def _list_with_classes(folder: Path, classes: list, role: str, seen: dict):
     """[(path, label)] for a val/test folder that must hold exactly the train classes.
-    Returns None for a test folder of unlabelled loose images (ignored with a warning)."""
+    Returns None for a test folder of unlabelled loose images (ignored with a warning).
+    `seen`: real paths already listed (train first): a file that is one of them is left out."""
     subdirs, loose = _class_folders(folder)
     names = [d.name for d in subdirs]
     if not subdirs:
@@ -59,16 +63,28 @@ def _list_with_classes(folder: Path, classes: list, role: str):
     if loose:
         log.warning("ignoring %d images directly in %s (not in a class sub-folder)", len(loose), folder)
     index = {c: i for i, c in enumerate(classes)}
-    return [(p, index[d.name]) for d in subdirs for p in _walk_images(d)]
+    duplicates: list = []
+    found = [(p, index[d.name]) for d in subdirs for p in walk_images(d, seen, duplicates)]
+    _warn_duplicates(duplicates, role)
+    return found
+
+
+def _warn_duplicates(duplicates: list, role: str) -> None:
+    """One warning for the files of a split reached a second time through symbolic links."""
+    if duplicates:
+        path, first = duplicates[0]
+        log.warning("%s: %d image file(s) reached through symbolic links are files already listed, left out "
+                    "(e.g. %s is %s)", role, len(duplicates), path, first)
 
 
 def _check_file(path) -> str | None:
-    from PIL import Image
+    from ..images import _pil_image, check_size
 
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        with Image.open(path) as img:
+        with _pil_image().open(path) as img:
+            check_size(img)  # over the pixel limit: left out here, never decoded
             img.verify()
         return None
     except Exception as exc:  # noqa: BLE001
@@ -112,8 +128,10 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
     classes = [d.name for d in subdirs]
     samples = []
     empty = []
+    seen: dict = {}  # real path -> the path listed: every file once, train first (no val/test leak)
+    duplicates: list = []
     for label, d in enumerate(subdirs):
-        files = _walk_images(d)
+        files = walk_images(d, seen, duplicates)
         if not files:
             empty.append(d.name)
         samples += [(p, label) for p in files]
@@ -128,10 +146,11 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
         )
     if loose:
         log.warning("ignoring %d images directly in %s (not in a class sub-folder)", len(loose), train_dir)
+    _warn_duplicates(duplicates, "training")
 
     skipped = SkippedImages()
-    val_samples = _list_with_classes(val_dir, classes, "validation") if val_dir is not None else None
-    test_samples = _list_with_classes(test_dir, classes, "test") if test_dir is not None else None
+    val_samples = _list_with_classes(val_dir, classes, "validation", seen) if val_dir is not None else None
+    test_samples = _list_with_classes(test_dir, classes, "test", seen) if test_dir is not None else None
     val_from_train = val_samples is None
     if check_images:
         if "train" in splits or (val_from_train and "val" in splits):
@@ -156,5 +175,7 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
         built["val"] = FileImages(val_samples, ev)
     if "test" in splits and test_samples:
         built["test"] = FileImages(test_samples, ev)
+    val_rule = (rule(MAP_RULE, "relative path", val_fraction, seed) if val_from_train
+                else {"from": "own split", "name": val_dir.name})
     return DataSplits.of(built, classes=classes, source=f"folder {root}", data_config=cfg, skipped=skipped,
-                         val_from_train=val_from_train)
+                         val_from_train=val_from_train, val_rule=val_rule)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import ScanError, UsageError
 from .dataset import DataSplits, HFImages
-from .holdout import holdout
+from .holdout import MAP_RULE, STREAM_RULE, holdout, rule
 from .streaming import streaming_class
 from .transforms import eval_transform, train_transform
 
@@ -84,6 +84,7 @@ def _pick_splits(parts: dict):
         parts[train_key],
         parts[val_key] if val_key else None,
         parts[test_key] if test_key else None,
+        val_key,
     )
 
 
@@ -104,7 +105,7 @@ def from_hf(obj, source: str, cfg, kind, hflip, val_fraction, seed, image_column
         parts = dict(obj)
     if not parts:
         raise ScanError(f"{source} holds no splits: check the data")
-    train, val, test = _pick_splits(parts)
+    train, val, test, val_name = _pick_splits(parts)
     streaming = isinstance(train, datasets.IterableDataset)
     features = train.features
     if features is None:  # some streamed sources only know their columns after one example
@@ -120,7 +121,8 @@ def from_hf(obj, source: str, cfg, kind, hflip, val_fraction, seed, image_column
     if not 0.0 < float(val_fraction) < 1.0 and val is None:
         raise UsageError(f"validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if streaming:
-        return _from_streamed(train, val, test, features, img_col, lab_col, source, cfg, tr, ev, val_fraction, seed, splits)
+        return _from_streamed(train, val, test, features, img_col, lab_col, source, cfg, tr, ev, val_fraction, seed, splits,
+                              val_name)
 
     import numpy as np
 
@@ -189,10 +191,13 @@ def from_hf(obj, source: str, cfg, kind, hflip, val_fraction, seed, image_column
         built["val"] = HFImages(src, img_col, val_rows, val_labels[val_rows], ev)
     if test is not None and "test" in splits:
         built["test"] = HFImages(_undecoded(test.select_columns([img_col]), img_col), img_col, test_rows, test_labels[test_rows], ev)
-    return DataSplits.of(built, classes=classes, source=source, data_config=cfg, val_from_train=val_from_train)
+    val_rule = rule(MAP_RULE, "row number", val_fraction, seed) if val_from_train else {"from": "own split", "name": val_name}
+    return DataSplits.of(built, classes=classes, source=source, data_config=cfg, val_from_train=val_from_train,
+                         val_rule=val_rule, image_column=img_col, label_column=lab_col)
 
 
-def _from_streamed(train, val, test, features, img_col, lab_col, source, cfg, tr, ev, val_fraction, seed, splits):
+def _from_streamed(train, val, test, features, img_col, lab_col, source, cfg, tr, ev, val_fraction, seed, splits,
+                   val_name):
     import datasets
 
     lab_feature = features.get(lab_col)
@@ -220,8 +225,9 @@ def _from_streamed(train, val, test, features, img_col, lab_col, source, cfg, tr
             built["val"] = cls(_undecoded(val, img_col), img_col, lab_col, ev)
     if test is not None and "test" in splits:
         built["test"] = cls(_undecoded(test, img_col), img_col, lab_col, ev)
+    val_rule = rule(STREAM_RULE, "image bytes", val_fraction, seed) if val_from_train else {"from": "own split", "name": val_name}
     return DataSplits.of(built, classes=classes, source=source, data_config=cfg, streaming=True,
-                         val_from_train=val_from_train)
+                         val_from_train=val_from_train, val_rule=val_rule, image_column=img_col, label_column=lab_col)
 
 
 def is_saved_dataset(path: Path) -> bool:

@@ -13,8 +13,10 @@ Every source in this package holds examples out through these functions; nothing
   across runs and machine counts.
 * Digits have a fixed split (see `digits.py`), built from the same stratified pick.
 
-A run records the source, `val_fraction` and `seed`, so `splits.run_data` rebuilds exactly the
-same validation set for every later command. numpy is imported inside functions.
+A run records which rule held validation out, of what key, with which fraction and seed
+(`DataSplits.record()`, `rule()` here), so `splits.run_data` rebuilds exactly the same validation
+set for every later command and refuses when the data no longer splits that way. numpy is
+imported inside functions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from __future__ import annotations
 import hashlib
 
 from ..errors import UsageError
+
+
+MAP_RULE = "stratified-hash"  # `holdout`: per class, the smallest hash(seed, key) go to validation
+STREAM_RULE = "content-hash"  # `in_stream_holdout`: hash(seed, image bytes) below fraction * 2**64
+
+
+def rule(name: str, key: str, fraction: float, seed: int) -> dict:
+    """How validation was held out of train, as a run records it (`DataSplits.val_rule`)."""
+    return {"from": "train", "rule": name, "key": key, "fraction": float(fraction), "seed": int(seed)}
 
 
 def hash64(salt: str, key) -> int:

@@ -1,13 +1,25 @@
 """Loaders: a DataLoader whose order and augmentation seeds are a pure function of seed + epoch,
-and the run's validation images as preloaded batches (for timing the real cascade)."""
+and the run's validation images as preloaded batches (for timing the real cascade).
+
+Undecodable images: datasets give a `dataset.Skipped` marker for them; the collate function of
+`make_loader` leaves the markers out of the batch (the rest keep their order, so a training batch
+is its sampler's indices minus the bad ones and nothing else moves), and the loader counts them in
+its `skipped` (`SkippedImages`, each image once however many epochs read it) and names the first
+few in warnings, in the main process whichever worker found them. A batch with no good image is
+not yielded at all.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ScanError
+from .dataset import MAX_SKIP_EXAMPLES, Skipped, SkippedImages
+
+log = logging.getLogger(__name__)
 
 
 def default_num_workers() -> int:
@@ -27,6 +39,58 @@ def loader_length(loader):
         return None
 
 
+class SkippingCollate:
+    """Collate function: (collate_fn(good items) or None, [Skipped markers]). A class, so that it
+    pickles for worker processes whatever the start method."""
+
+    def __init__(self, collate_fn=None):
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch):
+        good = [item for item in batch if not isinstance(item, Skipped)]
+        bad = [item for item in batch if isinstance(item, Skipped)]
+        if not good:
+            return None, bad
+        if self.collate_fn is not None:
+            return self.collate_fn(good), bad
+        from torch.utils.data import default_collate
+
+        return default_collate(good), bad
+
+
+def _build_loader_class():
+    import torch.utils.data
+
+    class SkippingLoader(torch.utils.data.DataLoader):
+        """A DataLoader that leaves out, counts (`skipped`) and names undecodable images."""
+
+        skipped: SkippedImages
+
+        def __iter__(self):
+            for value, bad in super().__iter__():
+                for item in bad:
+                    if self.skipped.add(item.name, item.reason) and self.skipped.count <= MAX_SKIP_EXAMPLES:
+                        log.warning("skipping undecodable image %s: %s", item.name, item.reason)
+                if value is not None:
+                    yield value
+
+    SkippingLoader.__module__ = __name__
+    SkippingLoader.__qualname__ = "SkippingLoader"
+    return SkippingLoader
+
+
+def __getattr__(name):  # PEP 562: the torch-based class is built on first use
+    if name == "SkippingLoader":
+        cls = _build_loader_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _loader_class():
+    return globals().get("SkippingLoader") or __getattr__("SkippingLoader")
+
+
 def make_loader(
     dataset,
     *,
@@ -38,6 +102,7 @@ def make_loader(
     distributed: bool = False,
     drop_last: bool = False,
     collate_fn=None,
+    skipped: SkippedImages | None = None,
 ):
     """A DataLoader whose order and worker augmentation seeds are a pure function of seed + epoch.
 
@@ -50,6 +115,8 @@ def make_loader(
     process run). Streamed data (StreamingImages): shuffled through a seeded buffer, set to the
     epoch, split over DDP ranks, workers capped at the shard count (see `streaming.py`).
     Workers are not persistent; memory is pinned when CUDA is available.
+    Undecodable images are left out of their batch and counted in the loader's `skipped` (pass
+    one `SkippedImages` to share the count between loaders, e.g. across epochs); see the module notes.
     """
     import torch
 
@@ -68,7 +135,7 @@ def make_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         drop_last=drop_last,
-        collate_fn=collate_fn,
+        collate_fn=SkippingCollate(collate_fn),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         generator=generator,
@@ -80,14 +147,17 @@ def make_loader(
             if world > 1:
                 shards = max(1, shards // world) if shards % world == 0 else shards
             common["num_workers"] = min(num_workers, shards)
-        return torch.utils.data.DataLoader(dataset, **common)
-    if distributed:
+        loader = _loader_class()(dataset, **common)
+    elif distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         sampler.set_epoch(epoch)
-        return torch.utils.data.DataLoader(dataset, sampler=sampler, **common)
-    return torch.utils.data.DataLoader(dataset, shuffle=shuffle, **common)
+        loader = _loader_class()(dataset, sampler=sampler, **common)
+    else:
+        loader = _loader_class()(dataset, shuffle=shuffle, **common)
+    loader.skipped = SkippedImages() if skipped is None else skipped
+    return loader
 
 
 def validation_batches(run_dir: Path, info, batch_size: int, max_images: Optional[int] = None):

@@ -2,9 +2,12 @@
 
 After training, every command that needs the run's data (calibrate, evaluate, profile's cascade
 timing, predict's --target-acc) goes through `run_data` / `run_split`: `run_recipe` reads what
-`scan fit` recorded (source, `val_fraction`, `seed`), and `load_data` rebuilds the splits with the
-same hold-out rules (`holdout.py`) and the run's eval preprocessing, so each command sees exactly
-the validation set fit held out and never a training image.
+`scan fit` recorded (source, `val_fraction`, `seed`, and `data_split`: streaming or not, the
+columns read, where validation came from and by which hold-out rule and key), and `load_data`
+rebuilds the splits the same way (`holdout.py`) with the run's eval preprocessing, so each
+command sees exactly the validation set fit held out and never a training image. When the data
+no longer splits as recorded (e.g. a val/ folder appeared), that is an error, not a silent change.
+Runs written before `data_split` was recorded are rebuilt from source, fraction and seed.
 
 Nothing here imports torch, timm, datasets or scikit-learn at module level.
 """
@@ -43,20 +46,46 @@ def run_data(run_dir, info, *, recipe: dict | None = None, data: str | None = No
              image_column=None, label_column=None) -> DataSplits:
     """The run's data split as it was when the run trained, with its eval preprocessing (never
     augmentation). `data` replaces the recorded source (other labelled data with the model's
-    classes); `recipe` defaults to `run_recipe(run_dir, info)`."""
+    classes, read without the run's streaming and column choices unless given); `recipe` defaults
+    to `run_recipe(run_dir, info)`."""
     if recipe is None:
         recipe = run_recipe(run_dir, info)
-    return load_data(data if data is not None else recipe.get("data"), data_config=info.data_config,
-                     train_transform="none", img_size=int(info.input_size),
-                     val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0),
-                     image_column=image_column, label_column=label_column, splits=splits)
+    own = data is None or data == recipe.get("data")
+    recorded = recipe.get("data_split") if own and isinstance(recipe.get("data_split"), dict) else None
+    streaming = False
+    if own:
+        rec = recorded or {}
+        image_column = image_column or rec.get("image_column") or recipe.get("image_column")
+        label_column = label_column or rec.get("label_column") or recipe.get("label_column")
+        streaming = bool(rec.get("streaming", recipe.get("streaming", False)))
+    rebuilt = load_data(recipe.get("data") if own else data, data_config=info.data_config, train_transform="none",
+                        img_size=int(info.input_size), val_fraction=recipe.get("val_fraction", 0.1),
+                        seed=recipe.get("seed", 0), image_column=image_column, label_column=label_column,
+                        streaming=streaming, splits=splits)
+    if recorded is not None:
+        _check_same_split(recorded, rebuilt.record())
+    return rebuilt
+
+
+def _check_same_split(recorded: dict, now: dict) -> None:
+    """The data must split as it did when the run trained (else validation could hold training images)."""
+    keys = ("streaming", "image_column", "label_column", "val")
+    changed = [k for k in keys if recorded.get(k) != now.get(k)]
+    if changed:
+        def say(rec):
+            return "; ".join(f"{k} {rec.get(k)}" for k in changed)
+
+        raise ScanError(f"the run's data no longer splits as it did when 'scan fit' ran (then: {say(recorded)}; now: "
+                        f"{say(now)}): restore the data as it was, or pass --data with the data to use")
 
 
 def run_split(run_dir, info, split: str, data: str | None = None, image_column=None, label_column=None):
     """(dataset, DataSplits) for one of EVAL_SPLITS of the run's data ("all": train + val + test),
     checked against the classes the model was trained on."""
     recipe = run_recipe(run_dir, info)
-    splits = run_data(run_dir, info, recipe=recipe, data=data, image_column=image_column, label_column=label_column)
+    wanted = SPLITS if split == "all" else (split,)
+    splits = run_data(run_dir, info, recipe=recipe, data=data, image_column=image_column, label_column=label_column,
+                      splits=wanted)
     if data is None or data == recipe.get("data"):
         if list(splits.classes) != list(info.classes):
             raise ScanError("the run's data now has other classes than it was trained on: pass --data with the training data")

@@ -7,7 +7,8 @@ hash of `holdout.in_stream_holdout`. Sharding: `make_loader` hands each DDP rank
 size, else every world_size-th example), and inside a rank `datasets` gives each DataLoader worker
 its own shards (workers are capped at the shard count). Every example is read by exactly one
 (rank, worker); ranks can differ by a few examples, so a DDP loop must tolerate uneven ends.
-Streamed examples that do not decode are dropped with a warning.
+Streamed examples that do not decode are given as `dataset.Skipped` markers, which the loaders
+leave out, count and name (as for map-style data).
 
 `StreamingImages` subclasses a torch class, so it is built on first use (PEP 562 `__getattr__`)
 and this module does not import torch at module level; it still pickles by name.
@@ -19,8 +20,8 @@ import copy
 import logging
 import os
 
-from ..images import describe_error
-from .dataset import MAX_SKIP_EXAMPLES, value_to_pil
+from ..images import describe_error, draft_size
+from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ def _example_key(value) -> bytes:
     import numpy as np
 
     return np.asarray(value).tobytes()
+
+
+def _example_name(value) -> str:
+    """A streamed image's name for messages: its path, else a short hash of its bytes."""
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    import hashlib
+
+    return f"streamed image {hashlib.blake2b(_example_key(value), digest_size=6).hexdigest()}"
 
 
 def _build_streaming_class():
@@ -102,7 +114,7 @@ def _build_streaming_class():
                 from datasets.distributed import split_dataset_by_node
 
                 ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
-            bad = 0
+            draft = draft_size(self.transform)
             for example in ds:
                 label = example[self.label_column]
                 if self.label_map is not None:
@@ -113,11 +125,9 @@ def _build_streaming_class():
                 if self.holdout is not None and not self._in_side(value):
                     continue
                 try:
-                    img = value_to_pil(value)
-                except Exception as exc:  # noqa: BLE001
-                    bad += 1
-                    if bad <= MAX_SKIP_EXAMPLES:
-                        log.warning("skipping undecodable streamed image: %s", describe_error(exc))
+                    img = value_to_pil(value, draft=draft)
+                except Exception as exc:  # noqa: BLE001 - counted by the loader, never a crash
+                    yield Skipped(-1, _example_name(value), describe_error(exc))
                     continue
                 yield (self.transform(img) if self.transform is not None else img), int(label)
 

@@ -130,3 +130,38 @@ def train_transform(data_config: dict | None, kind: str = "rrc", img_size: int |
         steps += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
         return T.Compose(steps)
     raise UsageError(f"unknown train transform '{kind}': use one of {', '.join(TRAIN_TRANSFORMS)}")
+
+
+BATCHABLE_PIL_STEPS = ("EnsureRGB", "Resize", "CenterCrop")
+
+
+def batch_preprocessing(transform):
+    """Split an eval transform so that its tensor part can run once per batch.
+
+    Returns (pil_steps, (H, W), mean, std) when `transform` is a Compose of deterministic PIL steps
+    (EnsureRGB, Resize, CenterCrop) ending at a fixed size, then ToTensor/MaybeToTensor, then at
+    most a Normalize: the batch's uint8 pixels x then give exactly the transform's tensors as
+    (x / 255 - mean) / std in float32 (`file_batches.to_model_input`). None for anything else."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(steps, list):
+        return None
+    names = [type(s).__name__ for s in steps]
+    at = next((i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor")), None)
+    if at is None or any(n not in BATCHABLE_PIL_STEPS for n in names[:at]):
+        return None
+    tail = steps[at + 1:]
+    if len(tail) > 1 or (tail and names[at + 1] != "Normalize"):
+        return None
+    size = None
+    for step in steps[:at]:
+        if type(step).__name__ == "CenterCrop":
+            size = tuple(int(v) for v in step.size)
+        elif type(step).__name__ == "Resize":
+            s = step.size
+            size = (int(s[0]), int(s[1])) if isinstance(s, (list, tuple)) and len(s) == 2 else None
+    if size is None:
+        return None
+    mean, std = (tail[0].mean, tail[0].std) if tail else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return T.Compose(list(steps[:at])), size, mean, std
