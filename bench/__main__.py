@@ -31,14 +31,10 @@ ORDER = ["startup", "calibration", "quality", "predict", "latency", "onnx", "tra
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(HERE))
+    from common import cpu_name
+
+    cpu = cpu_name()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

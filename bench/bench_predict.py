@@ -277,6 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--mix", default="0.4,0.3,0.2,0.1", help="share of images per exit for --synthetic")
     ap.add_argument("--images", type=int, default=128, help="images for --synthetic")
+    ap.add_argument("--max-images", type=int, default=1000, help="at most this many of the run's test images (a stratified-enough prefix: the split is in class order, so every k-th)")
     ap.add_argument("--batch-sizes", default="1,64")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
@@ -313,8 +314,11 @@ def main(argv=None) -> int:
             if not cal:
                 raise SystemExit(f"{run_dir} is not calibrated: run 'scan calibrate --run {run_dir}' first")
             paths, labels = test_files(run_dir, info, Path(tmp) / "test")
-            if a.quick:
-                paths, labels = paths[:256], labels[:256]
+            limit = 256 if a.quick else a.max_images
+            if len(paths) > limit:  # every k-th image, so that every class keeps its share
+                step = len(paths) / limit
+                keep = [int(i * step) for i in range(limit)]
+                paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
             policy = ExitPolicy(_shallow(cal["thresholds"], model.num_exits), cal.get("score", "max_softmax"),
                                 cal.get("fallback", "last"), source="calibration")
             costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)

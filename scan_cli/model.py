@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .scoring import confidence
+from .scoring import answer_confident, answer_the_rest, confidence
 
 
 @dataclass
@@ -236,25 +236,14 @@ class ScanModel(nn.Module):
             if fallback == "ensemble":
                 running_sum = logits if running_sum is None else running_sum + logits
             if k == K - 1:
-                final = running_sum / K if fallback == "ensemble" else logits
-                out_logits[active] = final
-                out_conf[active] = confidence(final, score)
+                answer_the_rest(logits, running_sum, K, fallback, score, active, out_logits, out_conf)
                 break
             if disabled:
                 continue
-            conf = confidence(logits, score)
-            fire = conf >= t
-            if fire.any():
-                idx = active[fire]
-                out_logits[idx] = logits[fire]
-                out_exit[idx] = k
-                out_conf[idx] = conf[fire]
-                keep = ~fire
-                active, h = active[keep], h[keep]
-                if running_sum is not None:
-                    running_sum = running_sum[keep]
-                if active.numel() == 0:
-                    break
+            active, h, running_sum = answer_confident(k, logits, confidence(logits, score), t, active, h, running_sum,
+                                                      out_logits, out_exit, out_conf)
+            if len(active) == 0:
+                break
         return EarlyExitOutput(out_logits, out_exit, out_conf)
 
 

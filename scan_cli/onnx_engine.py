@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from .errors import ScanError, UsageError
-from .scoring import confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+from .scoring import answer_confident, answer_the_rest, confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
 
 ENGINES = ("torch", "onnxruntime")
 MANIFEST_FILE = "manifest.json"  # = export.MANIFEST_FILE (not imported: keep this module light)
@@ -135,6 +135,7 @@ class Cascade:
         self.pieces = self.manifest["pieces"]
         self.num_exits = int(self.manifest["num_exits"])
         self.classes = list(self.manifest["classes"])
+        self.threads = int(threads) if threads else "ONNX Runtime's default"
         options = session_options(threads, spinning)
         try:
             self.sessions = [ort.InferenceSession(str(self.folder / p["file"]), options,
@@ -192,26 +193,15 @@ class Cascade:
             if fallback == "ensemble":
                 running = logits if running is None else running + logits
             if k == K - 1:
-                final = running / K if fallback == "ensemble" else logits
-                out_logits[active] = final
-                out_conf[active] = confidence(final, score)
+                answer_the_rest(logits, running, K, fallback, score, active, out_logits, out_conf)
                 break
             t = thresholds[k] if k < len(thresholds) else None
             if t is None or t == math.inf or logits is None:
                 continue
-            conf = confidence(logits, score)
-            fire = conf >= t
-            if fire.any():
-                idx = active[fire]
-                out_logits[idx] = logits[fire]
-                out_exit[idx] = k
-                out_conf[idx] = conf[fire]
-                keep = ~fire
-                active, h = active[keep], h[keep]  # a contiguous copy of the remaining rows only
-                if running is not None:
-                    running = running[keep]
-                if active.size == 0:
-                    break
+            active, h, running = answer_confident(k, logits, confidence(logits, score), t, active, h, running,
+                                                  out_logits, out_exit, out_conf)
+            if len(active) == 0:
+                break
         return EarlyExit(out_logits, out_exit, out_conf)
 
 
@@ -330,6 +320,7 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_images)
     preds, errors = {}, {}
+    model_seconds = 0.0
     start = time.perf_counter()
     batches = track(loader, description="predict", total=len(loader)) if progress else loader
     for indices, images, batch_errors in batches:
@@ -337,7 +328,9 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
             errors[index] = error
         if images is None:
             continue
+        t_model = time.perf_counter()
         out = cascade.early_exit(images.numpy(), policy.thresholds, policy.score, policy.fallback)
+        model_seconds += time.perf_counter() - t_model
         probs = softmax(out.logits)
         order = np.argsort(-probs, axis=-1, kind="stable")[:, :k_top]
         for row, index in enumerate(indices):
@@ -353,5 +346,6 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
     error_list = [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]
     summary = summarize(predictions, len(error_list), K, costs, backbone_macs, seconds)
     summary.update(policy=policy.to_dict(), device="cpu", engine="onnxruntime", batch_size=batch_size,
-                   workers=workers, channels_last=False)
+                   workers=workers, channels_last=False, layout="NCHW (ONNX Runtime picks its own inside)",
+                   threads=cascade.threads, model_seconds=model_seconds)
     return PredictionReport(predictions, error_list, summary)

@@ -1,8 +1,34 @@
-"""Confidence scores an exit is judged by. Higher always means more confident."""
+"""Confidence scores an exit is judged by (higher always means more confident), and the exit rule
+that both engines (PyTorch and ONNX Runtime) apply to a batch."""
 
 from __future__ import annotations
 
 SCORES = ("max_softmax", "margin", "neg_entropy")
+
+
+def answer_confident(k: int, logits, conf, threshold, active, h, running, out_logits, out_exit, out_conf):
+    """The exit rule for one exit over a batch (torch tensors or numpy arrays alike): rows whose
+    score is >= ``threshold`` are answered here (their logits, exit and score written at their
+    original positions ``active``); the rest go on. Returns the remaining (active, h, running)."""
+    fire = conf >= threshold
+    if fire.any():
+        idx = active[fire]
+        out_logits[idx] = logits[fire]
+        out_exit[idx] = k
+        out_conf[idx] = conf[fire]
+        keep = ~fire
+        active, h = active[keep], h[keep]  # only the remaining rows run the next section
+        if running is not None:
+            running = running[keep]
+    return active, h, running
+
+
+def answer_the_rest(logits, running, num_exits: int, fallback: str, score: str, active, out_logits, out_conf) -> None:
+    """The last exit answers every row still active: its own logits, or with ``fallback='ensemble'``
+    the mean of every exit's logits (``running`` is their sum)."""
+    final = running / num_exits if fallback == "ensemble" else logits
+    out_logits[active] = final
+    out_conf[active] = confidence(final, score)
 
 
 def confidence(logits, kind: str = "max_softmax"):

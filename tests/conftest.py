@@ -97,3 +97,12 @@ def scan_log():
     yield records
     logger.removeHandler(handler)
     logger.setLevel(old_level)
+
+
+def copy_of(run_dir, tmp_path):
+    """A copy of a (session-wide) run for one test to change or damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy

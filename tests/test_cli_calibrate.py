@@ -1,16 +1,15 @@
 """calibrate/evaluate wiring on a real (small) trained run: JSON schema, cache, refusals, artifact."""
 
 import json
-import shutil
 
 import pytest
+
+from conftest import copy_of
 
 
 @pytest.fixture
 def run(trained_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained_run, copy)
-    return copy
+    return copy_of(trained_run, tmp_path)
 
 
 def test_calibrate_json_and_artifact(run, run_cli):

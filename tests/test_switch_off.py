@@ -49,3 +49,25 @@ def test_calibrate_and_evaluate_report_switched_off_costs(run_cli, trained_run):
     assert doc["expected_macs"] == pytest.approx(expected)
     if off:  # a switched-off exit leaves its head out of every later exit's cost
         assert doc["exit_macs"][-1] <= doc["backbone_macs"] + sum(h for j, h in enumerate(doc["head_macs"]) if j not in off) + 1
+
+
+def test_predict_and_profile_say_the_same_thing_the_same_way(run_cli, trained_run, tmp_path):
+    """--compare-plain times the plain model on the call's own images: realised vs counted speed-up,
+    images/s, batch, layout and threads, in the sentence scan profile uses."""
+    import json
+
+    from conftest import make_color_folder
+
+    imgs = make_color_folder(tmp_path / "imgs", per_class=3)
+    code, out, err = run_cli("predict", str(imgs), "--run", str(trained_run), "--thresholds", "0.5,0.5,0.5",
+                             "--compare-plain", "--json", "--batch-size", "4")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    cmp = summary["comparison"]
+    assert cmp["images"] == 9 and cmp["cascade_s"] > 0 and cmp["plain_s"] > 0
+    assert cmp["realised_speedup"] == pytest.approx(cmp["plain_s"] / cmp["cascade_s"])
+    assert summary["layout"] in ("NHWC", "NCHW") and summary["batch_size"] == 4 and summary["threads"] >= 1
+    line = next(ln for ln in err.splitlines() if ln.startswith("realised speed-up"))
+    assert "vs counted" in line and "images/s" in line and "batch 4" in line and summary["layout"] in line
+    code, out, err = run_cli("predict", str(imgs), "--run", str(trained_run))
+    assert "realised speed-up: not measured (--compare-plain" in err

@@ -44,6 +44,7 @@ def predict_command(
     channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
+    compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
     from .. import onnx_engine, predict_files
@@ -51,10 +52,16 @@ def predict_command(
     from ._output import info, print_json
 
     # the ONNX Runtime engine gives the same report and exit codes
-    predict = onnx_engine.predict if onnx_engine.wants_onnx(engine, run) else predict_files.predict
+    use_onnx = onnx_engine.wants_onnx(engine, run)
+    if use_onnx and compare_plain:
+        from ..errors import UsageError
+
+        raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
+                         "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
+    predict = onnx_engine.predict if use_onnx else predict_files.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k,
-                     channels_last=channels_last)
+                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
     report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())

@@ -131,12 +131,6 @@ def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_s
     return timing, None
 
 
-def speed_line(realised: float, counted: float, images_per_second: float, how: str) -> str:
-    """The one sentence scan profile and scan predict both use for what early exit bought."""
-    return (f"realised speed-up {realised:.2f}x vs counted {counted:.2f}x ({100 * realised / counted:.0f} % of the "
-            f"counted one), {images_per_second:.1f} images/s ({how})")
-
-
 def _fmt_count(value: float, scale: float) -> str:
     return f"{value / scale:.3f}"
 
@@ -201,7 +195,9 @@ def _print_table(console, report, doc, expected, latency, cascade, flops: bool) 
     else:
         console.print(f"expected cost: none ({doc.get('expected_note')})", highlight=False)
     if cascade is not None:
-        console.print(speed_line(cascade.measured_speedup, expected.speedup, cascade.images_per_second,
+        from ..profiling import speed_sentence
+
+        console.print(speed_sentence(cascade.measured_speedup, expected.speedup, cascade.images_per_second,
                                  f"{cascade.what}: {cascade.images} images, batch {cascade.batch_size}, {cascade.layout}, "
                                  f"{cascade.device}, {cascade.threads} threads"), highlight=False)
     elif doc.get("cascade"):

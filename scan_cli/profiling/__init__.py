@@ -18,7 +18,9 @@ from .latency import (
     measure_cascade,
     measure_latency,
     plain_backbone,
+    compare_with_plain,
     run_to_exit,
+    speed_sentence,
 )
 from .macs import (
     CACHE_SCHEMA,
@@ -52,4 +54,5 @@ __all__ = [
     "baddbmm_macs", "calibration_error", "cascade_costs", "classify_op", "count_macs", "count_piece",
     "default_handles", "expected_cost", "measure_cascade", "measure_latency", "plain_backbone",
     "profile_macs", "run_cache_path", "run_macs", "run_to_exit", "sdpa_macs", "structure_key",
+    "compare_with_plain", "speed_sentence",
 ]

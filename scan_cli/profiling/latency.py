@@ -232,3 +232,41 @@ def measure_cascade(model, batches, thresholds, *, score: str = "max_softmax", f
     return CascadeTiming(images=n, batch_size=int(batches[0].shape[0]), repeats=len(c_times), cascade_s=c,
                          backbone_s=b, measured_speedup=b / c, observed_exit_shares=(counts.float() / n).tolist(),
                          threads=n_threads, device=dev, layout="NHWC" if channels_last else "NCHW")
+
+
+def speed_sentence(realised: float, counted: float, images_per_second: float, how: str) -> str:
+    """The one sentence `scan profile` and `scan predict` both use for what early exit bought."""
+    share = f" ({100 * realised / counted:.0f} % of the counted one)" if counted else ""
+    return (f"realised speed-up {realised:.2f}x vs counted {counted:.2f}x{share}, {images_per_second:.1f} images/s "
+            f"({how})")
+
+
+def compare_with_plain(model, batches, thresholds, *, score: str = "max_softmax", fallback: str = "last",
+                       repeats: int = 3) -> dict:
+    """Model-only wall time of the real cascade and of the plain backbone over the same prepared
+    ``batches`` (already on their device and in their layout), interleaved, best of ``repeats``."""
+    import time
+
+    import torch
+
+    plain = plain_backbone(model)
+    dev = str(batches[0].device) if batches else "cpu"
+
+    def timed(fn):
+        _sync(dev)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for x in batches:
+                fn(x)
+        _sync(dev)
+        return time.perf_counter() - start
+
+    cascade_t, plain_t = [], []
+    for _ in range(max(1, repeats)):
+        cascade_t.append(timed(lambda x: model.early_exit(x, thresholds, score, fallback)))
+        plain_t.append(timed(plain))
+    c, b = min(cascade_t), min(plain_t)
+    n = int(sum(x.shape[0] for x in batches))
+    return {"what": "model only, this call's decoded batches", "images": n, "repeats": max(1, repeats),
+            "cascade_s": c, "plain_s": b, "realised_speedup": b / c if c > 0 else None,
+            "images_per_second": n / c if c > 0 else None}

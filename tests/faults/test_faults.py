@@ -32,7 +32,7 @@ torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from conftest import make_color_folder  # noqa: E402
+from conftest import copy_of, make_color_folder  # noqa: E402
 
 RUNNER = HERE / "fault_runner.py"
 TIMEOUT = 240  # seconds for one command on a slow, loaded machine
@@ -114,11 +114,7 @@ def finished(data, tmp_path_factory):
 @pytest.fixture
 def run(finished, tmp_path):
     """A copy of the finished run for one test to damage."""
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(finished, copy)
-    return copy
+    return copy_of(finished, tmp_path)
 
 
 # -- SIGKILL ------------------------------------------------------------------------------------------
