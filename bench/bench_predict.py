@@ -19,7 +19,8 @@ Per batch size, interleaved (each round times every variant once, so a busy neig
   off (`--thresholds none,...`), which must cost the plain backbone's MACs and time;
 * the network run up to each exit (time to exit k / plain time, next to MACs to exit k / plain MACs);
 * the whole job from files: `predict_files.predict_paths` (decoding, preprocessing, early exit) vs
-  the same loader and preprocessing feeding the plain model.
+  the same input pipeline (`file_batches`: decoded a batch ahead into uint8, normalised once per
+  batch) feeding the plain model, so the ratio credits early exit alone.
 
 Timings are the minimum over ``--repeats`` rounds (the least disturbed pass; the ratio of medians is
 given too). Goals (issue 10): realised >= 85 % of the counted speed-up, model only, at batch 1 and
@@ -110,25 +111,32 @@ def mix_thresholds(model, x_all, mix, score="max_softmax"):
 
 
 def plain_files_pass(plain, paths, transform, batch_size, workers, layout):
-    """The plain model doing scan predict's job: same loader, same preprocessing, top-1 + prob."""
+    """The plain model doing scan predict's job with scan predict's own input pipeline (decoding
+    one batch ahead into uint8, normalised once per batch, draft mode), so that the comparison
+    credits early exit only: top-1 class per image."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from scan_cli.images import ImageFiles, collate_images
+    from scan_cli.data.transforms import batch_preprocessing
+    from scan_cli.file_batches import to_model_input, uint8_batches
+    from scan_cli.images import draft_size
 
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images)
+    split = batch_preprocessing(transform)
+    if split is None:
+        raise SystemExit("this benchmark needs an eval transform that scan predict runs per batch")
+    pil_steps, size, mean, std = split
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     preds = {}
     with torch.inference_mode():
-        for batch in loader:
-            indices, x = batch[0], batch[1]
-            if x is None:
+        for indices, images, _errors in uint8_batches(paths, pil_steps, size, batch_size=batch_size, workers=workers,
+                                                      pin=False, draft=draft_size(transform)):
+            if images is None:
                 continue
-            probs = torch.softmax(plain(x.contiguous(memory_format=layout)).float(), dim=-1)
-            p, c = probs.max(dim=-1)
-            for i, ci, pi in zip(indices, c.tolist(), p.tolist()):
-                preds[i] = (ci, pi)
-    return [preds[i][0] for i in sorted(preds)]
+            x = to_model_input(images, mean, std, torch.device("cpu"), layout)
+            probs = torch.softmax(plain(x).float(), dim=-1)
+            for i, c in zip(indices, probs.argmax(-1).tolist()):
+                preds[i] = c
+    return [preds[i] for i in sorted(preds)]
 
 
 def interleaved(fns: dict, repeats: int):
