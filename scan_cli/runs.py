@@ -72,7 +72,25 @@ def resolve_run(run: Optional[str]) -> Path:
             path = path.parent
     if not (path / MODEL_FILE).is_file():
         raise ScanError(f"{path} holds no {MODEL_FILE}: pass --run with a folder written by 'scan fit'")
+    _announce(path, via_latest=run is None)
     return path
+
+
+_ANNOUNCED: set = set()  # runs named by the command now running (main() clears it per command)
+
+
+def forget_announced() -> None:
+    _ANNOUNCED.clear()
+
+
+def _announce(path: Path, via_latest: bool) -> None:
+    """Name the run a command uses, once, on stderr: its first line (never a silent 'latest')."""
+    if path in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(path)
+    import logging
+
+    logging.getLogger("scan_cli").info(f"run {path}" + (f" ({latest_link()})" if via_latest else ""))
 
 
 def model_path(run_dir: Path) -> Path:

@@ -106,3 +106,10 @@ def copy_of(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     return copy
+
+
+def without_run_line(err: str) -> str:
+    """stderr without the first line that names the run a command used (every command that uses a run
+    says which): what is left of a failure must be one line."""
+    lines = err.splitlines(keepends=True)
+    return "".join(lines[1:]) if lines and lines[0].startswith("run ") else err

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import without_run_line
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -479,6 +481,7 @@ def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case,
     (busy / "notes.txt").write_text("mine")
     for target in (a_file, busy, run_dir):
         code, out, err = run_cli("export", "--run", str(run_dir), "--out", str(target))
+        err = without_run_line(err)
         assert code == 1 and out == "" and err.startswith("error: --out") and err.count("\n") == 1, err
     assert a_file.read_text() == "x" and [p.name for p in busy.iterdir()] == ["notes.txt"]
     code, _, err = run_cli("export", "--run", str(run_dir), "--format", "tflite", "--out", str(tmp_path / "new"))
@@ -527,11 +530,13 @@ def test_missing_extras_are_one_line(run_cli, resnet_case, monkeypatch, missing,
     run_dir, out, folder = resnet_case.run, resnet_case.out, resnet_case.folder
     monkeypatch.setitem(sys.modules, missing, None)  # import now raises ImportError
     code, stdout, err = run_cli("export", "--run", str(run_dir), "--out", str(tmp_path / "x"))
+    err = without_run_line(err)
     assert code == 1 and stdout == "" and err.count("\n") == 1
     assert missing in err and "pip install 'scan-cli[onnx]'" in err
     if missing == "onnxruntime":
         for run in (out, run_dir):
             code, stdout, err = run_cli("predict", str(folder), "--run", str(run), "--engine", "onnxruntime")
+            err = without_run_line(err)
             assert code == 1 and err.count("\n") == 1 and "pip install 'scan-cli[onnx]'" in err
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_color_folder
+from conftest import make_color_folder, without_run_line
 
 FIT = ["--img-size", "16", "--batch-size", "8", "--workers", "0", "--augment", "none"]
 
@@ -94,7 +94,7 @@ def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeyp
 
     monkeypatch.setattr(calibrating, "calibrate_run", boom)
     code, out, err = run_cli("calibrate", "--run", str(trained_run), "--max-drop", "0.01")
-    assert code == 130 and err.strip() == "interrupted" and out == ""
+    assert code == 130 and without_run_line(err).strip() == "interrupted" and out == ""
 
 
 def test_atomic_write_follows_the_umask_and_keeps_the_old_file_on_failure(tmp_path):
@@ -139,3 +139,17 @@ def test_without_a_terminal_training_logs_lines_with_a_run_eta(monkeypatch, capl
     assert clock.eta_seconds() == pytest.approx(6 * 2.0)  # 6 steps left at 2 s each
     assert "ETA 0:00:14" in lines[0]  # logged after 3 steps: 7 left at 2 s
     assert progress.StepClock(None).eta_seconds() is None
+
+
+
+@pytest.mark.parametrize("command", [["calibrate", "--max-drop", "0.01", "--dry-run"], ["evaluate"],
+                                     ["profile", "--no-latency"], ["predict", "IMAGES", "--thresholds", "none,none,none"]])
+def test_every_command_names_the_run_it_used_first(run_cli, trained_run, command, tmp_path):
+    from scan_cli.runs import mark_latest
+
+    mark_latest(trained_run)  # no --run: the latest run, which must be named
+    imgs = make_color_folder(tmp_path / "imgs", per_class=1)
+    code, out, err = run_cli(*[str(imgs) if c == "IMAGES" else c for c in command])
+    assert code == 0, err
+    first = err.splitlines()[0]
+    assert first == f"run {trained_run.resolve()} ({_runs() / 'latest'})", first

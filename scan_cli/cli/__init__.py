@@ -13,6 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import Interrupted, ScanError
+from ..runs import forget_announced
 from . import backbones, calibrate, export, fit, plugins, predict, profile
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ def main(argv=None) -> None:
     from ._output import setup_logging
 
     setup_logging()
+    forget_announced()  # each command names its run once, in its own first line
     debug = os.environ.get("SCAN_DEBUG") == "1"
     try:
         app(args=argv, prog_name="scan")
