@@ -48,6 +48,37 @@ def busy(cores: int) -> bool:
         return False
 
 
+def backbone_share(model, size: int, batch: int, rounds: int, threads: int) -> list[float]:
+    """Time of the backbone alone (stem and sections, no exit head) up to each split / the plain
+    model's time, interleaved, medians: where an exit's time goes when it exceeds its MACs share."""
+    import statistics
+
+    import torch
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def upto(k):
+        h = model.stem(x)
+        for j in range(k + 1):
+            h = model.section(j, h)
+        return h
+
+    plain = model.backbone.model
+    variants = [lambda: plain(x)] + [lambda k=k: upto(k) for k in range(model.num_exits - 1)]
+    samples = [[] for _ in variants]
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        for fn in variants:  # warm-up
+            fn()
+        for i in range(rounds):
+            for j in [(i + n) % len(variants) for n in range(len(variants))]:
+                start = time.perf_counter()
+                variants[j]()
+                samples[j].append(time.perf_counter() - start)
+    medians = [statistics.median(v) for v in samples]
+    return [m / medians[0] for m in medians[1:]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -57,6 +88,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, batch 4")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.md")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import allocator_as_scan_runs
+
+    allocator = allocator_as_scan_runs()
 
     import torch
 
@@ -91,9 +126,10 @@ def main() -> int:
             lat.backbone.update(extra.backbone)
             for mine, theirs in zip(lat.exits, extra.exits):
                 mine.update(theirs)
+        shares = {b: backbone_share(model, size, b, 1 if args.quick else n, threads) for b, (_, n) in plan.items()}
         print(f"{backbone_id}@{size}: {time.time() - t0:.0f}s", file=sys.stderr)
         disturbed = disturbed or busy(os.cpu_count() or 1)
-        rows.append((backbone_id, size, macs, lat, plan))
+        rows.append((backbone_id, size, macs, lat, plan, shares))
         del model
 
     elapsed = time.time() - started
@@ -113,10 +149,10 @@ def main() -> int:
         + "; ".join(f"{r[0]} " + ", ".join(f"b{b}: {w}+{n}" for b, (w, n) in r[4].items()) for r in rows),
         f"- load average before / after: {load_before} / {load_average()} "
         "(the machine is shared: a load above the core count inflates times, mostly at batch 1)",
-        f"- total run time {elapsed:.0f} s",
+        f"- total run time {elapsed:.0f} s; {allocator}",
         "",
     ]
-    for backbone_id, size, macs, lat, _ in rows:
+    for backbone_id, size, macs, lat, _, shares in rows:
         b1, bn = lat.batch_sizes
         lines += [
             f"## {backbone_id} at {size} px",
@@ -135,6 +171,14 @@ def main() -> int:
         lines.append(
             f"| plain (timm) | {macs.backbone_macs / 1e9:.3f} | 100.0% | {p1.p50_ms:.2f} | {p1.p95_ms:.2f} | 1.00x "
             f"| {pn.p50_ms:.1f} | {pn.p95_ms:.1f} | {pn.per_image_ms:.2f} | 1.00x |")
+        lines += ["", "The backbone alone (stem and sections, no exit head) up to each split, time vs the plain model's "
+                      "next to its share of the MACs: when an exit's time share exceeds its MACs share, this says whether "
+                      "the backbone's own early stages or the exit heads take the extra time.", "",
+                  "| split | MACs share | " + " | ".join(f"b{b} time share" for b in shares) + " |",
+                  "|---|---:|" + "---:|" * len(shares)]
+        for k, e in enumerate(macs.exits[:-1]):
+            lines.append(f"| {e.split} | {e.backbone_macs_to_split / macs.backbone_macs:.2f} | "
+                         + " | ".join(f"{shares[b][k]:.2f}" for b in shares) + " |")
         first, last = macs.exits[0], macs.exits[-1]
         lines += ["", f"Shallow exits add {100 * macs.heads_overhead:.1f}% of the plain MACs "
                       f"({macs.shallow_exit_params / 1e6:.2f}M params). Exit {first.name} costs "

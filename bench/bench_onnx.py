@@ -337,7 +337,7 @@ def markdown(doc: dict) -> str:
              f"- timing: best of {doc['repeats']} interleaved passes over all images (after a warm-up batch); decoding-free. "
              "Realised = the faster ONNX Runtime plain setting (thread spinning on, its default, or off) / the cascade "
              "(the engine's setting: spinning off, one session per piece)",
-             f"- total run time {doc['seconds']:.0f} s", ""]
+             f"- total run time {doc['seconds']:.0f} s; {doc['allocator']} (ONNX Runtime uses its own arena)", ""]
     for case in doc["cases"]:
         shares = " / ".join(f"{s * 100:.1f}" for s in case["exit_shares"])
         heads = ", ".join(f"{k + 1}" for k, h in enumerate(case["heads_exported"][:-1]) if not h)
@@ -383,7 +383,10 @@ def run(quick: bool, out_md: Path, run_dir: Optional[Path] = None, *, resnet50: 
     threads = threads or default_threads()
     repeats = repeats or (1 if quick else 5)
     start = time.perf_counter()
-    doc = {"machine": machine(threads), "quick": quick, "repeats": repeats, "argv": argv, "cases": []}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import allocator_as_scan_runs
+
+    doc = {"machine": machine(threads), "allocator": allocator_as_scan_runs(), "quick": quick, "repeats": repeats, "argv": argv, "cases": []}
     cases = []
     if run_dir is not None:
         cases.append(lambda: run_case(Path(run_dir), images or (64 if quick else 512)))

@@ -8,6 +8,8 @@ Two sources of work:
 * ``--run DIR``: a calibrated run (e.g. the Fashion-MNIST run of `python -m bench`); its own test
   split, as image files (a folder run's files; digits are written out as PNGs), with its calibrated
   thresholds.
+* ``--run-mix 0.4,0.3,0.2,0.1`` with ``--run``: the same run again with thresholds that send those
+  shares out at each exit (timing only), for runs whose calibration sends nearly everything to one exit.
 * ``--synthetic ID``: a bare backbone with random weights and slim heads (timing only: accuracy is
   meaningless), random JPEG photos, and thresholds set to the score quantiles that send the ``--mix``
   shares of the images out at each exit.
@@ -284,6 +286,9 @@ def main(argv=None) -> int:
                     help="a backbone id to time with random weights (repeatable; default with no --run: resnet50)")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--mix", default="0.4,0.3,0.2,0.1", help="share of images per exit for --synthetic")
+    ap.add_argument("--run-mix", default=None,
+                    help="also time --run with thresholds that send these shares out at each exit (set on the "
+                         "measured images: a timing row for spread exits, its accuracy is no calibrated promise)")
     ap.add_argument("--images", type=int, default=128, help="images for --synthetic")
     ap.add_argument("--max-images", type=int, default=1000, help="at most this many of the run's test images (a stratified-enough prefix: the split is in class order, so every k-th)")
     ap.add_argument("--batch-sizes", default="1,64")
@@ -295,12 +300,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predict.md")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import allocator_as_scan_runs
+
+    allocator = allocator_as_scan_runs()
 
     import torch
 
     from scan_cli.artifact import load
     from scan_cli.data import default_num_workers, eval_transform
     from scan_cli.devices import use_channels_last
+    from scan_cli.images import open_rgb
     from scan_cli.predict_files import ExitPolicy, _shallow
     from scan_cli.profiling import cascade_costs
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
@@ -335,6 +345,18 @@ def main(argv=None) -> int:
                         f"{info.backbone_id} at {info.input_size} px, run {run_dir.name} (its test split)")
             results.append(r)
             sections += markdown(r, synthetic=False) + [""]
+            if a.run_mix:  # calibration may send nearly every image out at one exit: time a spread mix too
+                transform = eval_transform(info.data_config, info.input_size)
+                x_all = torch.stack([transform(open_rgb(p)) for p in paths])
+                mix = [float(m) for m in a.run_mix.split(",")]
+                policy = ExitPolicy(mix_thresholds(model, x_all, mix), "max_softmax", cal.get("fallback", "last"),
+                                    source="--run-mix")
+                r = measure(model.eval(), paths, labels, transform, policy, batch_sizes, repeats, workers,
+                            use_channels_last(a.channels_last, model), costs,
+                            f"{info.backbone_id} at {info.input_size} px, run {run_dir.name}, thresholds for an exit "
+                            f"mix of {a.run_mix} (set on these test images: timing only, not a calibrated promise)")
+                results.append(r)
+                sections += markdown(r, synthetic=False) + [""]
         for bid in synthetic:
             from scan_cli.bare_model import build_bare_model
 
@@ -345,8 +367,6 @@ def main(argv=None) -> int:
             transform = eval_transform(model.backbone.data_config, size)
             n = 16 if a.quick else a.images
             paths, labels = synthetic_photos(Path(tmp) / f"photos-{bid}", n, size)
-            from scan_cli.images import open_rgb
-
             x_all = torch.stack([transform(open_rgb(p)) for p in paths])
             mix = [float(m) for m in a.mix.split(",")]
             policy = ExitPolicy(mix_thresholds(model, x_all, mix), "max_softmax", "last", source="--mix")
@@ -363,7 +383,7 @@ def main(argv=None) -> int:
 
     head = [f"## scan predict vs the plain timm model ({time.strftime('%Y-%m-%d')}{', quick' if a.quick else ''})", "",
             f"Machine: {machine()}; load {os.getloadavg()[0]:.2f}. Command: `python bench/bench_predict.py "
-            f"{' '.join(argv if argv is not None else sys.argv[1:])}`.", ""]
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`; {allocator}.", ""]
     append_results(a.out, "# scan predict: early exit vs the plain timm model", head + sections)
     return 0
 

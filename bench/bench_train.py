@@ -10,6 +10,7 @@ bench/results/train.md with the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="NHWC layout for every variant")
     p.add_argument("--out", default="bench/results/train.md")
     a = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import allocator_as_scan_runs
+
+    allocator = allocator_as_scan_runs()
 
     torch.manual_seed(0)
     spec = default_registry().get(a.backbone)
@@ -113,7 +118,7 @@ def main() -> None:
         + (", channels_last" if a.channels_last else ""),
         "",
         f"Machine: {machine()}. Command: `python bench/bench_train.py --backbone {a.backbone} --img-size {a.img_size} "
-        f"--batch {a.batch} --steps {a.steps}{' --channels-last' if a.channels_last else ''}`. Random images (model time only), {a.warmup} warm-up + {a.steps} timed SGD steps each.",
+        f"--batch {a.batch} --steps {a.steps}{' --channels-last' if a.channels_last else ''}`. Random images (model time only), {a.warmup} warm-up + {a.steps} timed SGD steps each; {allocator}.",
         "",
         "| variant | images/s | ratio |",
         "|---|---:|---:|",

@@ -15,3 +15,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def allocator_as_scan_runs() -> str:
+    """Apply the CPU allocator setting `scan`'s commands use (devices.keep_freed_memory) to this whole
+    benchmark process, so the plain timm model and the cascade are timed alike; returns a line for
+    the results saying which allocator setting was in force."""
+    from scan_cli.devices import keep_freed_memory
+
+    if keep_freed_memory("cpu"):
+        return "allocator: freed memory kept for reuse (scan's CPU default), for the plain model and SCAN alike"
+    return "allocator: the C library's default (SCAN_CPU_ALLOCATOR=default, or not glibc)"

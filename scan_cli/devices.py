@@ -22,6 +22,35 @@ def resolve_device(device: Optional[str]):
     return dev
 
 
+_KEEP = 1 << 30  # 1 GiB: above any one activation tensor of the models we run on CPU
+
+
+def keep_freed_memory(device) -> bool:
+    """On CPU with glibc, keep freed memory in the process for reuse instead of handing it back to
+    the OS after every forward. glibc serves each large tensor (above 32 MB at most) with a fresh
+    mmap and unmaps it when freed, so every forward page-faults its activations in again: measured
+    on a 2-core VM, that is 60 % of resnet50's time at batch 64 (4.7 s -> 1.8 s per batch with this
+    setting; training steps about 20 % faster). The price is resident memory that does not shrink
+    (+1.2 GB peak for resnet50 at batch 64). The same job jemalloc/tcmalloc do, without an
+    LD_PRELOAD. Process-wide, so applied by the commands (never on import); ``SCAN_CPU_ALLOCATOR=
+    default`` leaves glibc as it is. Returns whether the setting was applied."""
+    import os
+    import platform
+
+    if str(device).split(":")[0] != "cpu" or os.environ.get("SCAN_CPU_ALLOCATOR", "").lower() == "default":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, _KEEP)) and bool(libc.mallopt(M_TRIM_THRESHOLD, _KEEP))
+    except (OSError, AttributeError):  # no mallopt in this process (another allocator): nothing to do
+        return False
+
+
 class torch_threads:
     """``with torch_threads(n) as used:`` torch's intra-op thread count set to ``n`` (None or 0:
     left as it is), restored on exit; ``used`` is the count in force inside."""

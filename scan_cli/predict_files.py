@@ -348,7 +348,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     Everything that can be wrong without a model (flags, the run folder, the images) is reported
     before torch or the model is loaded."""
     from .artifact import read_info
-    from .devices import resolve_device
+    from .devices import keep_freed_memory, resolve_device
     from .images import find_images
     from .runs import model_path, resolve_run
 
@@ -364,6 +364,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
         parse_thresholds(thresholds, num_exits)
     paths = find_images(list(inputs))
     dev = resolve_device(device)
+    keep_freed_memory(dev)
     policy = exit_policy(info, run_dir, num_exits, thresholds=thresholds, target_acc=target_acc,
                          score=score, fallback=fallback, device=str(dev))
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(str(run_dir), dev)

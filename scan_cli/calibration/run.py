@@ -30,12 +30,13 @@ def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[
             return cached[0], cached[1], skipped
     from .. import artifact
     from ..data import make_loader, run_split
-    from ..devices import resolve_device
+    from ..devices import keep_freed_memory, resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
     from ..runs import model_path
 
     dataset, _ = run_split(run_dir, info, split, data)
     device = resolve_device(device)
+    keep_freed_memory(device)
     model, _ = artifact.load(model_path(run_dir), device=device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if data is None:

@@ -90,8 +90,9 @@ def profile_command(
 
     latency = cascade = None
     if not no_latency:
-        from ..devices import use_channels_last
+        from ..devices import keep_freed_memory, resolve_device, use_channels_last
 
+        keep_freed_memory(resolve_device(device))  # as scan predict runs: both are timed under it
         layout = use_channels_last(channels_last, model)  # the same rule scan predict uses
         sizes = sorted({1, batch_size})
         latency = profiling.measure_latency(model, size, batch_sizes=sizes, device=device, threads=threads,
