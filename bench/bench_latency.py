@@ -48,7 +48,7 @@ def busy(cores: int) -> bool:
         return False
 
 
-def backbone_share(model, size: int, batch: int, rounds: int, threads: int) -> list[float]:
+def backbone_share(model, size: int, batch: int, rounds: int, threads: int, channels_last: bool) -> list[float]:
     """Time of the backbone alone (stem and sections, no exit head) up to each split / the plain
     model's time, interleaved, medians: where an exit's time goes when it exceeds its MACs share."""
     import statistics
@@ -56,6 +56,8 @@ def backbone_share(model, size: int, batch: int, rounds: int, threads: int) -> l
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    if channels_last:  # the model is already in this layout (measure_latency leaves it so)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def upto(k):
         h = model.stem(x)
@@ -85,6 +87,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=None, help="timed rounds (default: per case and batch size)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
+    parser.add_argument("--channels-last", choices=("on", "off"), default="on",
+                        help="memory layout for the plain model and SCAN alike (on: what scan predict and profile use "
+                             "for convolutional backbones)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, batch 4")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.md")
     args = parser.parse_args()
@@ -118,7 +123,7 @@ def main() -> int:
             plan = {b: (w, args.iters) for b, (w, _) in plan.items()}
         t0 = time.time()
         parts = [profiling.measure_latency(model, size, batch_sizes=(b,), device="cpu", threads=threads, warmup=w,
-                                           iters=n, progress=lambda m: print(f"  {backbone_id}: {m}", file=sys.stderr, flush=True))
+                                           iters=n, channels_last=args.channels_last == "on", progress=lambda m: print(f"  {backbone_id}: {m}", file=sys.stderr, flush=True))
                  for b, (w, n) in plan.items()]
         lat = parts[0]
         for extra in parts[1:]:  # one report with both batch sizes
@@ -126,7 +131,8 @@ def main() -> int:
             lat.backbone.update(extra.backbone)
             for mine, theirs in zip(lat.exits, extra.exits):
                 mine.update(theirs)
-        shares = {b: backbone_share(model, size, b, 1 if args.quick else n, threads) for b, (_, n) in plan.items()}
+        shares = {b: backbone_share(model, size, b, 1 if args.quick else n, threads, args.channels_last == "on")
+                  for b, (_, n) in plan.items()}
         print(f"{backbone_id}@{size}: {time.time() - t0:.0f}s", file=sys.stderr)
         disturbed = disturbed or busy(os.cpu_count() or 1)
         rows.append((backbone_id, size, macs, lat, plan, shares))
@@ -143,7 +149,7 @@ def main() -> int:
         "MACs are fvcore counts at batch 1 (cumulative: backbone to the split + all exit heads on the way).",
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.release()})",
-        f"- torch {torch.__version__}, {rows[0][3].threads} threads, python {platform.python_version()}",
+        f"- torch {torch.__version__}, {rows[0][3].threads} threads, layout {rows[0][3].layout}, python {platform.python_version()}",
         "- timing is interleaved: each round runs the plain model and every exit once (rotating order), so a busy",
         "  neighbour slows all alike; rounds (warm-up + timed) per batch size: "
         + "; ".join(f"{r[0]} " + ", ".join(f"b{b}: {w}+{n}" for b, (w, n) in r[4].items()) for r in rows),
