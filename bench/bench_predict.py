@@ -162,7 +162,7 @@ def ratio(times, a, b) -> dict:
 def measure(model, paths, labels, transform, policy, batch_sizes, repeats, workers, cl, costs_all, title) -> dict:
     import torch
 
-    from scan_cli.predict_files import predict_paths
+    from scan_cli.predict_files import _workers_for, predict_paths
 
     layout = torch.channels_last if cl else torch.contiguous_format
     if cl:
@@ -178,7 +178,7 @@ def measure(model, paths, labels, transform, policy, batch_sizes, repeats, worke
     y = torch.tensor(labels)
     none = [None] * (K - 1)
     result = {"title": title, "n": n, "layout": "NHWC" if cl else "NCHW", "threads": torch.get_num_threads(),
-              "workers": workers, "thresholds": policy.thresholds, "score": policy.score, "fallback": policy.fallback,
+              "workers": {b: _workers_for(workers, len(paths), b) for b in batch_sizes}, "thresholds": policy.thresholds, "score": policy.score, "fallback": policy.fallback,
               "exit_macs": costs, "backbone_macs": backbone_macs, "batches": {}}
     for b in batch_sizes:
         chunks = [x_all[i:i + b].contiguous(memory_format=layout) for i in range(0, n, b)]
@@ -220,13 +220,15 @@ def measure(model, paths, labels, transform, policy, batch_sizes, repeats, worke
                "time_to_exit": [min(times[f"to_exit_{k + 1}"]) / min(times["plain"]) for k in range(K)],
                "macs_to_exit": [c / backbone_macs for c in costs_all.cumulative]}
 
-        def scan_files(b=b):
+        w = result["workers"][b]
+
+        def scan_files(b=b, w=w):
             return predict_paths(model, paths, transform, policy, classes=[str(i) for i in range(model.num_classes)],
-                                 costs=costs, backbone_macs=backbone_macs, batch_size=b, workers=workers,
+                                 costs=costs, backbone_macs=backbone_macs, batch_size=b, workers=w,
                                  progress=False, channels_last=cl)
 
         ftimes, fouts = interleaved({"scan": scan_files,
-                                     "plain": lambda b=b: plain_files_pass(plain, paths, transform, b, workers, layout)},
+                                     "plain": lambda b=b, w=w: plain_files_pass(plain, paths, transform, b, w, layout)},
                                     max(1, repeats // 2))
         report = fouts["scan"]
         row["files"] = {"scan_s": min(ftimes["scan"]), "plain_s": min(ftimes["plain"]), "realised": ratio(ftimes, "scan", "plain"),
@@ -242,7 +244,8 @@ def measure(model, paths, labels, transform, policy, batch_sizes, repeats, worke
 def markdown(r: dict, synthetic: bool) -> list[str]:
     K = len(r["exit_macs"])
     lines = [f"### {r['title']}", "",
-             f"{r['n']} images, layout {r['layout']}, {r['threads']} torch threads, {r['workers']} decoding worker(s); "
+             f"{r['n']} images, layout {r['layout']}, {r['threads']} torch threads, decoding "
+             f"{', '.join(f'batch {b}: ' + (f'{w} process(es)' if w else 'a background thread') for b, w in r['workers'].items())}; "
              f"thresholds {', '.join('none' if t is None else f'{t:.4f}' for t in r['thresholds'])} ({r['score']}, "
              f"fallback {r['fallback']}).", "",
              "| batch | what | early exit s | plain s | realised speed-up best (median) | counted | realised / counted | images/s |",
@@ -308,7 +311,7 @@ def main(argv=None) -> int:
     import torch
 
     from scan_cli.artifact import load
-    from scan_cli.data import default_num_workers, eval_transform
+    from scan_cli.data import eval_transform
     from scan_cli.devices import use_channels_last
     from scan_cli.images import open_rgb
     from scan_cli.predict_files import ExitPolicy, _shallow
@@ -317,7 +320,7 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    workers = default_num_workers() if a.workers is None else a.workers
+    workers = a.workers  # None: scan predict's own rule (predict_files._workers_for), for both sides
     batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
     repeats = 2 if a.quick else a.repeats
     synthetic = a.synthetic if a.synthetic is not None else (["resnet50"] if not a.run or not a.quick else [])

@@ -198,13 +198,18 @@ class PredictionReport:
 
 
 def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> int:
-    """--workers, or by default min(4, CPUs - 1) decoding processes; none when every image fits in
-    one batch, where a worker could overlap nothing and only adds its start-up time."""
-    from .data import default_num_workers
+    """--workers, or by default min(4, CPUs - 1) decoding processes; none (a background thread
+    decodes one batch ahead) when every image fits in one batch, where a worker could overlap
+    nothing and only adds its start-up time, or when the process has 2 CPUs or fewer: there a
+    decoding process takes a core from the model and ships every decoded batch across processes
+    (resnet50 @ 224 from files, batch 64, 2 cores: 7.1 s with one process, 4.1 s with the thread)."""
+    from .data.loader import default_num_workers, usable_cpus
 
     if workers is not None:
         return workers
-    return default_num_workers() if num_images > batch_size else 0
+    if num_images <= batch_size or usable_cpus() <= 2:
+        return 0
+    return default_num_workers()
 
 
 def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,

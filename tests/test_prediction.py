@@ -391,13 +391,16 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
     assert not list(out.parent.glob(".*tmp*"))
 
 
-def test_default_workers():
-    from scan_cli.data import default_num_workers as default_workers
+@pytest.mark.parametrize("cpus, processes", [(1, 0), (2, 0), (3, 2), (8, 4)])
+def test_default_workers(monkeypatch, cpus, processes):
+    from scan_cli.data import loader
     from scan_cli.predict_files import _workers_for
 
-    assert 0 <= default_workers() <= 4
+    monkeypatch.setattr(loader, "usable_cpus", lambda: cpus)
+    assert loader.default_num_workers() == max(0, min(4, cpus - 1))
     assert _workers_for(None, 10, 64) == 0  # one batch: nothing to overlap
-    assert _workers_for(None, 200, 64) == default_workers()
+    # several batches: decoding processes, except on 2 CPUs or fewer, where a thread decodes (no core to spare)
+    assert _workers_for(None, 200, 64) == processes
     assert _workers_for(3, 10, 64) == 3  # an explicit --workers always wins
 
 

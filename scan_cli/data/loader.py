@@ -22,13 +22,17 @@ from .dataset import MAX_SKIP_EXAMPLES, Skipped, SkippedImages
 log = logging.getLogger(__name__)
 
 
-def default_num_workers() -> int:
-    """min(4, usable CPUs - 1), at least 0 (usable: the CPUs this process may run on)."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(4, cpus - 1))
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """min(4, usable CPUs - 1), at least 0."""
+    return max(0, min(4, usable_cpus() - 1))
 
 
 def loader_length(loader):
