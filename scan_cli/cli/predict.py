@@ -39,7 +39,7 @@ def predict_command(
     fallback: Optional[str] = typer.Option(None, "--fallback", help="Answer of images no exit took: last or ensemble (default: the calibration's)."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Also report the K most likely labels with their probabilities."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: min(4, CPUs - 1), or 0 when all images fit in one batch; 0 = in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: min(4, CPUs - 1); 0, a background thread, when all images fit in one batch or on 2 CPUs or fewer)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
     channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
