@@ -112,6 +112,19 @@ def mix_thresholds(model, x_all, mix, score="max_softmax"):
     return thresholds
 
 
+def mix_policy(model, paths, transform, mix: str, fallback: str, source: str):
+    """An exit policy whose thresholds send the ``mix`` shares ("0.4,0.3,...") of these images out at
+    each exit (timing only: set on the measured images, no calibrated promise)."""
+    import torch
+
+    from scan_cli.images import open_rgb
+    from scan_cli.predict_files import ExitPolicy
+
+    x_all = torch.stack([transform(open_rgb(p)) for p in paths])
+    return ExitPolicy(mix_thresholds(model, x_all, [float(m) for m in mix.split(",")]), "max_softmax", fallback,
+                      source=source)
+
+
 def plain_files_pass(plain, paths, transform, batch_size, workers, layout):
     """The plain model doing scan predict's job with scan predict's own input pipeline (decoding
     one batch ahead into uint8, normalised once per batch, draft mode), so that the comparison
@@ -313,7 +326,6 @@ def main(argv=None) -> int:
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
     from scan_cli.devices import use_channels_last
-    from scan_cli.images import open_rgb
     from scan_cli.predict_files import ExitPolicy, _shallow
     from scan_cli.profiling import cascade_costs
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
@@ -343,17 +355,14 @@ def main(argv=None) -> int:
             policy = ExitPolicy(_shallow(cal["thresholds"], model.num_exits), cal.get("score", "max_softmax"),
                                 cal.get("fallback", "last"), source="calibration")
             costs = cascade_costs(model, info.input_size, cache_dir=run_dir / CACHE_DIR)
-            r = measure(model.eval(), paths, labels, eval_transform(info.data_config, info.input_size), policy,
+            transform = eval_transform(info.data_config, info.input_size)
+            r = measure(model.eval(), paths, labels, transform, policy,
                         batch_sizes, repeats, workers, use_channels_last(a.channels_last, model), costs,
                         f"{info.backbone_id} at {info.input_size} px, run {run_dir.name} (its test split)")
             results.append(r)
             sections += markdown(r, synthetic=False) + [""]
             if a.run_mix:  # calibration may send nearly every image out at one exit: time a spread mix too
-                transform = eval_transform(info.data_config, info.input_size)
-                x_all = torch.stack([transform(open_rgb(p)) for p in paths])
-                mix = [float(m) for m in a.run_mix.split(",")]
-                policy = ExitPolicy(mix_thresholds(model, x_all, mix), "max_softmax", cal.get("fallback", "last"),
-                                    source="--run-mix")
+                policy = mix_policy(model, paths, transform, a.run_mix, cal.get("fallback", "last"), "--run-mix")
                 r = measure(model.eval(), paths, labels, transform, policy, batch_sizes, repeats, workers,
                             use_channels_last(a.channels_last, model), costs,
                             f"{info.backbone_id} at {info.input_size} px, run {run_dir.name}, thresholds for an exit "
@@ -370,9 +379,7 @@ def main(argv=None) -> int:
             transform = eval_transform(model.backbone.data_config, size)
             n = 16 if a.quick else a.images
             paths, labels = synthetic_photos(Path(tmp) / f"photos-{bid}", n, size)
-            x_all = torch.stack([transform(open_rgb(p)) for p in paths])
-            mix = [float(m) for m in a.mix.split(",")]
-            policy = ExitPolicy(mix_thresholds(model, x_all, mix), "max_softmax", "last", source="--mix")
+            policy = mix_policy(model, paths, transform, a.mix, "last", "--mix")
             costs = cascade_costs(model, size)
             r = measure(model, paths, labels, transform, policy, batch_sizes if not a.quick else [1, 8], repeats, workers,
                         use_channels_last(a.channels_last, model), costs,
@@ -381,7 +388,6 @@ def main(argv=None) -> int:
             sections += markdown(r, synthetic=True) + [""]
     if a.json:
         a.json.write_text(json.dumps(results, indent=2, default=str))
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_train import append_results
 
     head = [f"## scan predict vs the plain timm model ({time.strftime('%Y-%m-%d')}{', quick' if a.quick else ''})", "",
