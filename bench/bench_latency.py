@@ -101,7 +101,7 @@ def main() -> int:
     import torch
 
     from scan_cli import profiling
-    from scan_cli.bare_model import build_bare_model
+    from scan_cli.model import build_bare_model
 
     threads = args.threads or os.cpu_count() or 1
     batch = 4 if args.quick else args.batch

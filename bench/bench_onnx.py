@@ -9,7 +9,7 @@ Cases: the trained run given as --run (its calibrated thresholds, its test split
 images; thresholds placed so that 50 / 25 / 15 / 10 % of the images leave at exits 1..4, the
 classifiers centred on those images so scores spread instead of collapsing to one value).
 
-Per case the model is exported with `scan_cli.export.export_model` (pieces as `scan export`
+Per case the model is exported with `scan_cli.inference.export.export_model` (pieces as `scan export`
 writes them, plus `plain.onnx`: the backbone alone) and, at batch 1 and 64, over the same images:
 
 * `ort plain`: ONNX Runtime running plain.onnx;
@@ -138,7 +138,7 @@ def resnet50_case(n: int):
 
     from scan_cli.artifact import info_for
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     registry = default_registry()
     spec = registry.get("resnet50")
@@ -188,8 +188,8 @@ def bench_case(case: dict, threads: int, repeats: int, batch_sizes, workdir: Pat
     import onnxruntime as ort
     import torch
 
-    from scan_cli.export import export_model
-    from scan_cli.onnx_engine import Cascade, session_options
+    from scan_cli.inference.export import export_model
+    from scan_cli.inference.onnx_engine import Cascade, session_options
 
     model, info, x = case["model"], case["info"], case["x"]
     t0 = time.perf_counter()

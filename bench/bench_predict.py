@@ -117,8 +117,8 @@ def mix_policy(model, paths, transform, mix: str, fallback: str, source: str):
     each exit (timing only: set on the measured images, no calibrated promise)."""
     import torch
 
-    from scan_cli.images import open_rgb
-    from scan_cli.predict_files import ExitPolicy
+    from scan_cli.data.images import open_rgb
+    from scan_cli.inference.torch_engine import ExitPolicy
 
     x_all = torch.stack([transform(open_rgb(p)) for p in paths])
     return ExitPolicy(mix_thresholds(model, x_all, [float(m) for m in mix.split(",")]), "max_softmax", fallback,
@@ -132,8 +132,8 @@ def plain_files_pass(plain, paths, transform, batch_size, workers, layout):
     import torch
 
     from scan_cli.data.transforms import batch_preprocessing
-    from scan_cli.file_batches import to_model_input, uint8_batches
-    from scan_cli.images import draft_size
+    from scan_cli.inference.file_batches import to_model_input, uint8_batches
+    from scan_cli.data.images import draft_size
 
     split = batch_preprocessing(transform)
     if split is None:
@@ -175,7 +175,7 @@ def ratio(times, a, b) -> dict:
 def measure(model, paths, labels, transform, policy, batch_sizes, repeats, workers, cl, costs_all, title) -> dict:
     import torch
 
-    from scan_cli.predict_files import _workers_for, predict_paths
+    from scan_cli.inference.torch_engine import _workers_for, predict_paths
 
     layout = torch.channels_last if cl else torch.contiguous_format
     if cl:
@@ -185,7 +185,7 @@ def measure(model, paths, labels, transform, policy, batch_sizes, repeats, worke
     costs = costs_all.for_policy(policy.thresholds, policy.fallback)
     backbone_macs = costs_all.backbone_macs
     n = len(paths)
-    from scan_cli.images import open_rgb
+    from scan_cli.data.images import open_rgb
 
     x_all = torch.stack([transform(open_rgb(p)) for p in paths])
     y = torch.tensor(labels)
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
     from scan_cli.devices import use_channels_last
-    from scan_cli.predict_files import ExitPolicy, _shallow
+    from scan_cli.inference.torch_engine import ExitPolicy, _shallow
     from scan_cli.profiling import cascade_costs
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
 
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
                 results.append(r)
                 sections += markdown(r, synthetic=False) + [""]
         for bid in synthetic:
-            from scan_cli.bare_model import build_bare_model
+            from scan_cli.model import build_bare_model
 
             torch.manual_seed(0)
             size = 64 if a.quick else a.img_size

@@ -48,9 +48,9 @@ def main() -> None:
     import torch.nn.functional as F
 
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.recipes import Recipe
-    from scan_cli.registry import default_registry
-    from scan_cli.training import _freeze_backbone, scan_loss
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.backbones.registry import default_registry
+    from scan_cli.training.loop import _freeze_backbone, scan_loss
 
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="resnet18_cifar")

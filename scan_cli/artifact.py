@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from . import files
 from .errors import ScanError
 
 log = logging.getLogger("scan_cli")
@@ -117,108 +117,6 @@ def finite(obj):
     return obj
 
 
-class WriteError(ScanError, OSError):
-    """A file could not be written (a full disk, no permission): one line that names it and says
-    the previous file is unchanged. Still an OSError for API callers."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, make it durable, then rename it over ``path``: a crash or a full disk
-    never leaves a half file, and the previous file stays readable until the rename.
-
-    The file gets the permissions the umask gives new files (some writers create 0600 files), is
-    fsync-ed before the rename, and the folder after it, so the rename survives a power cut.
-    An OSError (a full disk, ...) becomes a `WriteError` naming ``path``; the temporary file is
-    removed on any failure or Ctrl-C. Only SIGKILL (or a power cut) can leave one behind: the next
-    write of the same file removes those of processes that no longer run."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f"{_TMP_PREFIX.format(name=path.name)}{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        if isinstance(exc, WriteError):
-            raise
-        raise _write_error(path, exc) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-_TMP_PREFIX = ".{name}.tmp-"  # + the writer's process id
-
-
-def _write_error(path: Path, exc: OSError) -> WriteError:
-    import errno
-
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why, fix = "no space left on the device", "free some space and run the command again"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why, fix = exc.strerror or "not allowed", f"make {path.parent} writable or write elsewhere"
-    else:
-        why, fix = exc.strerror or type(exc).__name__, "check the folder and run the command again"
-    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
-    error = WriteError(f"could not write {path} ({why}; {kept}): {fix}")
-    error.errno = exc.errno  # str() stays the one line above (no filename attribute: it would reformat it)
-    return error
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of `path` left by writers that were killed (their process is gone)."""
-    prefix = _TMP_PREFIX.format(name=path.name)
-    try:
-        leftovers = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return
-    for leftover in leftovers:
-        pid = leftover.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except OSError:
-        return True
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a folder
-        pass
-    finally:
-        os.close(fd)
-
-
 def artifact_fingerprint(model_file: Path) -> str:
     """sha256 of the tensors part of the artifact: calibration metadata changes don't invalidate caches."""
     import struct
@@ -237,7 +135,7 @@ def save(model, info: ArtifactInfo, path: Path) -> None:
     from safetensors.torch import save_model
 
     model_to_save = getattr(model, "module", model)  # unwrap DDP
-    atomic_write(Path(path), lambda tmp: save_model(model_to_save, str(tmp), metadata=info.to_metadata()))
+    files.atomic_write(Path(path), lambda tmp: save_model(model_to_save, str(tmp), metadata=info.to_metadata()))
 
 
 def read_info(path: Path) -> ArtifactInfo:
@@ -298,7 +196,7 @@ def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
             src.seek(start)
             shutil.copyfileobj(src, dst, 1 << 20)
 
-    atomic_write(path, write)
+    files.atomic_write(path, write)
     return info
 
 
@@ -311,9 +209,9 @@ def load(path: Path, registry=None, device="cpu"):
     from safetensors.torch import load_model
 
     from .backbones.shapes import trace_shapes
-    from .checks import SplitPointError, measured_reduction
+    from .backbones.verify import SplitPointError, measured_reduction
     from .model import build_scan_model
-    from .registry import default_registry, provider_label
+    from .backbones.registry import default_registry, provider_label
 
     path = Path(path)
     info = read_info(path)
@@ -401,7 +299,7 @@ def _warn_changed_split_points(path: Path, info: ArtifactInfo, spec) -> None:
     now_modules = [s.module for s in spec.split_points]
     if then_modules == now_modules:
         return
-    from .registry import provider_label
+    from .backbones.registry import provider_label
 
     log.warning(f"{path}: {provider_label(spec)} now declares split points {', '.join(now_modules)} for "
                 f"'{info.backbone_id}', it declared {', '.join(then_modules)} when this model was trained "

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from . import files
 from .data.loader import loader_length
 from .runs import CACHE_DIR
 
@@ -70,14 +71,13 @@ def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="c
 
     from safetensors.torch import save_file
 
-    from .artifact import atomic_write
 
     path = cache_path(run_dir, split)
     loader = make_loader()
     logits, labels = collect_exit_outputs(model, loader, device=device, progress=f"{split} exits")
     found = getattr(loader, "skipped", None)
     meta = {"split": split, "skipped": json.dumps(found.to_dict() if found is not None else {})}
-    atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
+    files.atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
                                              str(tmp), metadata=meta))
     if skipped is not None and found is not None and found is not skipped:
         skipped.update(found.to_dict())

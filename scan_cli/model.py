@@ -252,7 +252,7 @@ def build_scan_model(spec, *, num_classes: Optional[int], head: HeadConfig, spli
     """Build the backbone from its spec (``build(num_classes, pretrained)``, nothing else), measure
     shapes with a dry run, refuse a declaration the dry run contradicts (naming the provider), attach
     the exits. ``num_classes=None`` keeps the backbone's own class count."""
-    from .checks import build_backbone, measure, verify_declaration, verify_splits
+    from .backbones.verify import build_backbone, measure, verify_declaration, verify_splits
 
     backbone = build_backbone(spec, num_classes=num_classes, pretrained=pretrained)
     size = input_size or spec.input_size
@@ -262,3 +262,17 @@ def build_scan_model(spec, *, num_classes: Optional[int], head: HeadConfig, spli
     verify_splits(spec, backbone, modules)
     classes = int(backbone.num_classes) if num_classes is None else num_classes
     return ScanModel(backbone, modules, classes, head, shapes)
+
+
+def build_bare_model(backbone_id: str, input_size: Optional[int] = None, heads: str = "slim",
+                     num_classes: Optional[int] = None, registry=None):
+    """A ``ScanModel`` with random weights on a backbone id (before training): the default split
+    points and the ``heads`` preset. ``num_classes``: default the model's own (timm: 1000)."""
+    from .backbones.registry import default_registry
+
+    spec = (registry or default_registry()).get(backbone_id)
+    head = HeadConfig.preset(heads)
+    size = int(input_size or spec.input_size)
+    model = build_scan_model(spec, num_classes=num_classes, head=head, input_size=size)  # checks the declaration
+    model.backbone_id = spec.id
+    return model.eval(), size

@@ -16,18 +16,29 @@ the checks when all pass.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import subprocess
 import sys
 from typing import Iterable, Optional, Union
 
-from .checks import Check, check_backbone
-from .contract import ENTRY_POINT_GROUP, Provider
+from .backbones.verify import _one_line, build_backbone, declaration_problems, measure
+from .backbones.contract import ENTRY_POINT_GROUP, Provider
 
 __all__ = ["check_provider", "Check"]
 
 HEAVY_MODULES = ("torch", "timm", "torchvision")
 FOREIGN_ID = "scan-check-no-such-backbone"
 
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 class _ObjectEntryPoint:
     """A provider object standing in for an installed entry point."""
@@ -58,7 +69,7 @@ def check_provider(provider: Union[str, Provider], *, ids: Optional[Iterable[str
     """
     from importlib import metadata
 
-    from .registry import Registry
+    from .backbones.registry import Registry
 
     installed = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     if isinstance(provider, str):
@@ -166,3 +177,120 @@ def _finish(checks: list[Check], raise_on_failure: bool) -> list[Check]:
         lines = "\n".join(f"  FAIL {c.name}: {c.detail}" for c in failed)
         raise AssertionError(f"{len(failed)} of {len(checks)} plugin contract checks failed:\n{lines}")
     return checks
+
+
+# -- the backbone contract test (`scan backbones check ID`) -------------------------------------
+def check_backbone(spec, input_size: Optional[int] = None, num_classes: int = 7, atol: float = 1e-4) -> list[Check]:
+    """Build ``spec`` (random weights), run real forwards, compare with what it declares."""
+    import torch
+
+    from .model import HeadConfig, ScanModel
+
+    checks: list[Check] = []
+    size = input_size or spec.input_size
+    torch.manual_seed(0)
+    try:
+        backbone = build_backbone(spec, num_classes=num_classes, pretrained=False).eval()
+    except Exception as exc:
+        return [Check("build", False, str(exc))]
+    checks.append(Check("build", True, type(backbone).__name__))
+
+    checks.append(_check_attributes(backbone, num_classes))
+    if not checks[-1].ok:
+        return checks
+
+    try:
+        shapes = measure(spec, backbone, size)
+    except Exception as exc:
+        checks.append(Check("dry-run forward", False, str(exc)))
+        return checks
+    declared = [s.module for s in spec.split_points]
+    problems = declaration_problems(spec, backbone.unit_names, shapes, size)
+    skipped = [sp.module for sp in spec.split_points
+               if size != spec.input_size and size % sp.reduction and sp.module in shapes]
+    detail = "; ".join(problems) or (f"{len(declared)} split points at {size}px"
+                                     + (f" (reduction not compared for {', '.join(skipped)}: {size}px is not a "
+                                        f"multiple of it; run at {spec.input_size}px)" if skipped else ""))
+    checks.append(Check("declared shapes match a real forward", not problems, detail))
+    if problems:
+        return checks
+
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        staged = backbone(x)
+        if staged.shape != (2, num_classes):
+            checks.append(Check("staged forward gives logits", False, f"shape {tuple(staged.shape)}"))
+            return checks
+        reference = getattr(backbone, "model", None)
+        if reference is not None:
+            plain = reference(x)
+            diff = float((staged - plain).abs().max())
+            checks.append(Check("staged forward equals the plain forward", diff <= atol, f"max |diff| {diff:.2e}"))
+        feature = backbone.forward_head(backbone.forward_post(_run_units(backbone, x)), pre_logits=True)
+        diff = float((backbone.classify(feature) - staged).abs().max())
+        checks.append(Check("classify(forward_head(pre_logits=True)) gives the logits", diff <= atol,
+                            f"max |diff| {diff:.2e}"))
+
+        model = ScanModel(backbone, declared, num_classes, HeadConfig(), shapes).eval()
+        outs = model(x)
+        ok = len(outs) == len(declared) + 1 and all(o.shape == (2, num_classes) for o in outs)
+        checks.append(Check("every exit gives logits", ok, f"{len(outs)} exits"))
+        diff = float((outs[-1] - staged).abs().max())
+        checks.append(Check("last exit is the backbone's own head", diff <= atol, f"max |diff| {diff:.2e}"))
+        never = model.early_exit(x, [None] * len(declared))
+        diff = float((never.logits - staged).abs().max())
+        checks.append(Check("early exit with no exit firing equals the backbone", diff <= atol, f"max |diff| {diff:.2e}"))
+        always = model.early_exit(x, [0.0] * len(declared))
+        ok = bool((always.exit_index == 0).all()) and float((always.logits - outs[0]).abs().max()) <= atol
+        checks.append(Check("early exit at the first exit skips the rest", ok, "all images left at exit 1" if ok else "mismatch"))
+    checks.append(_check_classifier(backbone, num_classes, size))
+    return checks
+
+
+def _run_units(backbone, x):
+    h = backbone.forward_stem(x)
+    for name in backbone.unit_names:
+        h = backbone.forward_unit(name, h)
+    return h
+
+
+def _check_attributes(backbone, num_classes: int) -> Check:
+    """unit_names, unit_depths, data_config and num_classes as the contract describes them."""
+    problems = []
+    units = getattr(backbone, "unit_names", None)
+    if not (isinstance(units, (list, tuple)) and len(units) >= 2 and all(isinstance(u, str) and u for u in units)
+            and len(set(units)) == len(units)):
+        problems.append(f"unit_names must list at least two distinct names, got {units!r}")
+    depths = getattr(backbone, "unit_depths", None)
+    if depths is not None and (not isinstance(depths, (list, tuple)) or len(depths) != len(units or ())
+                               or not all(isinstance(d, int) and d > 0 for d in depths)):
+        problems.append(f"unit_depths must give a positive int per unit, got {depths!r}")
+    cfg = getattr(backbone, "data_config", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) for v in size)):
+        problems.append(f"data_config must be a dict with input_size [3, H, W], got {cfg!r}"[:200])
+    else:
+        for key in ("mean", "std"):
+            if key in cfg and len(cfg[key]) not in (1, 3):
+                problems.append(f"data_config['{key}'] must have 1 or 3 values")
+    if getattr(backbone, "num_classes", None) != num_classes:
+        problems.append(f"num_classes is {getattr(backbone, 'num_classes', None)!r} after build(num_classes={num_classes})")
+    return Check("unit_names, unit_depths, data_config, num_classes", not problems,
+                 "; ".join(problems) or f"{len(units)} units, input {size}")
+
+
+def _check_classifier(backbone, num_classes: int, size: int) -> Check:
+    """classifier() holds weights, and reset_classifier(n) gives n logits (fit uses both)."""
+    import torch
+
+    try:
+        params = sum(p.numel() for p in backbone.classifier().parameters())
+        n = num_classes + 2
+        backbone.reset_classifier(n)
+        with torch.no_grad():
+            shape = tuple(backbone(torch.randn(1, 3, size, size)).shape)
+        ok = params > 0 and shape == (1, n) and backbone.num_classes == n
+        detail = f"classifier() has {params} weights; reset_classifier({n}) gives {shape[-1]} logits, num_classes {backbone.num_classes}"
+    except Exception as exc:
+        ok, detail = False, _one_line(exc)
+    return Check("classifier() and reset_classifier(n)", ok, detail)

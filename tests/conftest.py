@@ -65,8 +65,8 @@ def make_color_folder(root, per_class=10, classes=("blue", "green", "red"), size
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A small real run: resnet10_cifar trained 2 epochs on a train/val/test colour folder."""
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     base = tmp_path_factory.mktemp("colors")
     for split, n, bad, seed in (("train", 16, 1, 0), ("val", 10, 1, 1), ("test", 10, 1, 2)):

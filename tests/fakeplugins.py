@@ -108,7 +108,7 @@ class FakeEntryPoint:
 
 def use_registry(monkeypatch, extra_eps=()):
     """Make a fresh registry of the installed providers plus ``extra_eps`` the default one."""
-    from scan_cli import registry as registry_mod
+    from scan_cli.backbones import registry as registry_mod
 
     reg = registry_mod.Registry(list(metadata.entry_points(group="scan_cli.backbones")) + list(extra_eps))
     monkeypatch.setattr(registry_mod, "default_registry", lambda: reg)

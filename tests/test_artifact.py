@@ -8,7 +8,7 @@ import torch
 from scan_cli import artifact
 from scan_cli.errors import ScanError
 from scan_cli.model import HeadConfig, build_scan_model
-from scan_cli.registry import default_registry
+from scan_cli.backbones.registry import default_registry
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 import pytest
 
-from scan_cli.checks import check_backbone
+from scan_cli.testing import check_backbone
 from scan_cli.contract import default_splits
-from scan_cli.registry import default_registry
+from scan_cli.backbones.registry import default_registry
 
 # one per family; small input sizes keep CPU time low while exercising the real code paths
 CASES = [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64), ("test_vit", 160),

@@ -36,7 +36,7 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paths(images):
-    from scan_cli.images import find_images
+    from scan_cli.data.images import find_images
 
     return find_images([str(images)])
 
@@ -246,7 +246,7 @@ def test_target_acc_runs_the_real_calibration_for_this_call_only(run_cli, traine
 
     from scan_cli.artifact import load, read_info
     from scan_cli.calibration.run import calibrate_run
-    from scan_cli.images import find_images
+    from scan_cli.data.images import find_images
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

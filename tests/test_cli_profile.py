@@ -20,7 +20,7 @@ def make_run(tmp_path):
     """A saved resnet10_cifar run at 16 px on the digits data; optionally calibrated, with recipe.json."""
     from scan_cli import artifact
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
     from scan_cli.runs import mark_latest
 
     def make(calibration=None, recipe=True, name="run"):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from scan_cli.errors import ScanError
-from scan_cli.images import IMAGE_EXTENSIONS, ImageFiles, collate_images, find_images, open_rgb
+from scan_cli.data.images import IMAGE_EXTENSIONS, ImageFiles, collate_images, find_images, open_rgb
 
 
 def noise(size=(24, 24), seed=0, mode="RGB"):
@@ -181,7 +181,7 @@ def test_a_symlinked_duplicate_is_listed_once(tmp_path):
     (root / "more").mkdir()
     (root / "more" / "same").symlink_to(root / "a", target_is_directory=True)
     assert [p.relative_to(root).as_posix() for p in find_images([str(root)])] == ["a/copy.png"]
-    from scan_cli.images import walk_images
+    from scan_cli.data.images import walk_images
 
     assert [p.name for p in walk_images(root)] == ["copy.png"]  # not once per path that reaches it
 
@@ -204,7 +204,7 @@ def declared_png(path: Path, width: int, height: int) -> Path:
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path, recwarn):
-    from scan_cli.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, describe_error
+    from scan_cli.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, describe_error
 
     huge = declared_png(tmp_path / "huge.png", 12_000, 9_000)  # 108 MP declared, a few hundred bytes
     assert huge.stat().st_size < 1000 and 12_000 * 9_000 > DEFAULT_MAX_IMAGE_PIXELS
@@ -217,7 +217,7 @@ def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path,
 
 def test_the_pixel_limit_comes_from_the_environment(tmp_path, monkeypatch):
     from scan_cli.errors import UsageError
-    from scan_cli.images import ImageTooLarge, max_image_pixels
+    from scan_cli.data.images import ImageTooLarge, max_image_pixels
 
     path = save(noise((40, 30)), tmp_path / "a.png")
     monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "1000")
@@ -237,7 +237,7 @@ def test_big_jpegs_decode_at_reduced_size_when_the_target_is_small(tmp_path):
     import torch
 
     from scan_cli.data import eval_transform
-    from scan_cli.images import draft_size
+    from scan_cli.data.images import draft_size
 
     yy, xx = np.mgrid[0:1200, 0:1600]
     arr = np.stack([128 + 100 * np.sin(xx / 40), 128 + 100 * np.cos(yy / 30), (xx + yy) % 256], -1)
@@ -259,7 +259,7 @@ def test_big_jpegs_decode_at_reduced_size_when_the_target_is_small(tmp_path):
 
 def test_draft_size_only_for_transforms_that_resize_first():
     from scan_cli.data import train_transform
-    from scan_cli.images import draft_size
+    from scan_cli.data.images import draft_size
 
     cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     assert draft_size(train_transform(cfg, "pad_crop")) == (32, 32)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scan_cli.model import Attention, HeadConfig, build_scan_model
-from scan_cli.registry import default_registry
+from scan_cli.backbones.registry import default_registry
 
 
 @pytest.fixture(scope="module")

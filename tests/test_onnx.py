@@ -120,9 +120,9 @@ def build_case(backbone, tmp_path_factory, images) -> Case:
     if backbone in _CASES:
         return _CASES[backbone]
     from scan_cli import artifact
-    from scan_cli.export import export_run
+    from scan_cli.inference.export import export_run
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     size, variant = FAMILIES[backbone]
     score, fallback = variant.get("score", "max_softmax"), variant.get("fallback", "last")
@@ -165,7 +165,7 @@ def resnet_case(tmp_path_factory, images):
 
 
 def cascade(out):
-    from scan_cli.onnx_engine import Cascade
+    from scan_cli.inference.onnx_engine import Cascade
 
     return Cascade(out, threads=1)
 
@@ -204,8 +204,8 @@ def test_every_exported_exit_matches_pytorch(case):
 
 def test_labels_and_exits_equal_the_torch_engine(case):
     from scan_cli.data import eval_transform
-    from scan_cli.onnx_engine import predict_paths as ort_predict
-    from scan_cli.predict_files import ExitPolicy, predict_paths
+    from scan_cli.inference.onnx_engine import predict_paths as ort_predict
+    from scan_cli.inference.torch_engine import ExitPolicy, predict_paths
 
     policy = ExitPolicy(list(case.thresholds), case.score, case.fallback, source="test")
     transform = eval_transform(case.info.data_config, case.info.input_size)
@@ -306,7 +306,7 @@ def test_export_follows_the_exit_heads_as_they_run(resnet_case, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from scan_cli.export import export_graph, piece_module
+    from scan_cli.inference.export import export_graph, piece_module
 
     c = resnet_case
     conv = c.model.heads[0].body[3]  # the strided conv whose kernel is its stride
@@ -340,7 +340,7 @@ def test_export_follows_the_exit_heads_as_they_run(resnet_case, tmp_path):
 
 @pytest.mark.parametrize("kind", ["max_softmax", "margin", "neg_entropy"])
 def test_numpy_scores_equal_scoring_confidence(kind):
-    from scan_cli.onnx_engine import confidence as np_confidence
+    from scan_cli.inference.onnx_engine import confidence as np_confidence
     from scan_cli.scoring import confidence
 
     g = torch.Generator().manual_seed(0)
@@ -442,7 +442,7 @@ def test_end_to_end_on_a_trained_run(run_cli, trained_run, tmp_path):
     # both exports hold exactly the heads of the exits that can fire, so they cost what torch counts
     for name in ("export", "run"):
         assert [p["macs"] for p in results[name]["predictions"]] == [p["macs"] for p in ref["predictions"]]
-    from scan_cli.onnx_engine import heads_for
+    from scan_cli.inference.onnx_engine import heads_for
 
     policy = ref["summary"]["policy"]
     cached = list((run / "cache").glob("onnx-*/manifest.json"))
@@ -511,7 +511,7 @@ def test_exporting_an_uncalibrated_run_says_what_it_gives(run_cli, resnet_case, 
 
 
 def test_failed_export_leaves_nothing(resnet_case, tmp_path, monkeypatch):
-    from scan_cli import export
+    from scan_cli.inference import export
     from scan_cli.errors import ScanError
 
     def half_written(module, example, path, *args, **kwargs):

@@ -27,7 +27,7 @@ def _save_artifact(path, splits=None, input_size=32):
     """A tinynet SCAN model as `scan fit` would save it (random weights), with the current plugin."""
     from scan_cli import artifact
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     reg = default_registry()
     spec = reg.get("tinynet")

@@ -6,7 +6,7 @@ pytest.importorskip("scan_torchvision", reason="install plugins/scan-torchvision
 
 
 def test_plugin_is_discovered_with_its_distribution():
-    from scan_cli.registry import Registry
+    from scan_cli.backbones.registry import Registry
 
     reg = Registry()
     status = {s.name: s for s in reg.statuses()}["torchvision"]
@@ -15,8 +15,8 @@ def test_plugin_is_discovered_with_its_distribution():
 
 
 def test_plugin_backbone_passes_the_contract():
-    from scan_cli.checks import check_backbone
-    from scan_cli.registry import Registry
+    from scan_cli.testing import check_backbone
+    from scan_cli.backbones.registry import Registry
 
     checks = check_backbone(Registry().get("tv_resnet18"), input_size=64)
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
@@ -27,7 +27,7 @@ def test_artifact_records_the_plugin_package(tmp_path):
 
     from scan_cli import artifact
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import Registry
+    from scan_cli.backbones.registry import Registry
 
     reg = Registry()
     spec = reg.get("tv_resnet18")

@@ -1,4 +1,4 @@
-"""scan_cli.predict_files: thresholds, real early exit on files, equivalence with the plain backbone and
+"""scan_cli.inference.torch_engine: thresholds, real early exit on files, equivalence with the plain backbone and
 with the cascade simulation, bad files.
 
 The model is an untrained test_resnet whose weights and BN statistics are scrambled so that its
@@ -46,7 +46,7 @@ def make_run(folder: Path, calibration=None, seed: int = 0) -> Path:
     """A run folder holding an untrained (scrambled) SCAN test_resnet for 3 classes at SIZE px."""
     from scan_cli import artifact
     from scan_cli.model import HeadConfig, build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     torch.manual_seed(seed)
     registry = default_registry()
@@ -108,7 +108,7 @@ def make_bad_files(folder: Path) -> dict:
 def decoded_batch(paths, info):
     """The images exactly as predict preprocesses them, stacked."""
     from scan_cli.data import eval_transform
-    from scan_cli.images import open_rgb
+    from scan_cli.data.images import open_rgb
 
     transform = eval_transform(info.data_config, info.input_size)
     return torch.stack([transform(open_rgb(p)) for p in paths])
@@ -187,7 +187,7 @@ BACKBONE_MACS = 40.0
 
 
 def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **kw):
-    from scan_cli.predict_files import ExitPolicy, predict_paths
+    from scan_cli.inference.torch_engine import ExitPolicy, predict_paths
 
     model, info, transform = loaded
     policy = ExitPolicy(list(thresholds), score, fallback, source="test")
@@ -198,7 +198,7 @@ def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **
 
 # -- thresholds ---------------------------------------------------------------------------------------
 def test_parse_thresholds():
-    from scan_cli.predict_files import parse_thresholds
+    from scan_cli.inference.torch_engine import parse_thresholds
 
     assert parse_thresholds("0.9,0.8,0.95", 4) == [0.9, 0.8, 0.95]
     assert parse_thresholds("none, inf ,0.5", 4) == [None, None, 0.5]
@@ -210,7 +210,7 @@ def test_parse_thresholds():
 
 def test_exit_policy_sources(run_dir, caplog):
     from scan_cli.artifact import read_info
-    from scan_cli.predict_files import exit_policy
+    from scan_cli.inference.torch_engine import exit_policy
 
     info = read_info(run_dir / "model.safetensors")
     info.calibration = None
@@ -239,7 +239,7 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
     import types
 
     from scan_cli.artifact import read_info
-    from scan_cli.predict_files import exit_policy
+    from scan_cli.inference.torch_engine import exit_policy
 
     calls = []
 
@@ -375,7 +375,7 @@ def test_bad_files_are_reported_and_the_rest_predicted(loaded, images, tmp_path)
 def test_summary_lines_and_csv(loaded, images, tmp_path):
     import csv
 
-    from scan_cli.predict_files import summary_lines, write_csv
+    from scan_cli.inference.torch_engine import summary_lines, write_csv
 
     bad = make_bad_files(tmp_path / "bad")
     report = _predict(loaded, list(images[:5]) + list(bad)[:1], [0.0, None, None], top_k=2)
@@ -394,7 +394,7 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
 @pytest.mark.parametrize("cpus, processes", [(1, 0), (2, 0), (3, 2), (8, 4)])
 def test_default_workers(monkeypatch, cpus, processes):
     from scan_cli.data import loader
-    from scan_cli.predict_files import _workers_for
+    from scan_cli.inference.torch_engine import _workers_for
 
     monkeypatch.setattr(loader, "usable_cpus", lambda: cpus)
     assert loader.default_num_workers() == max(0, min(4, cpus - 1))
@@ -405,7 +405,7 @@ def test_default_workers(monkeypatch, cpus, processes):
 
 
 def test_find_images_errors_are_one_line(tmp_path):
-    from scan_cli.images import find_images
+    from scan_cli.data.images import find_images
 
     (tmp_path / "empty").mkdir()
     for arg in (str(tmp_path / "empty"), str(tmp_path / "*.png"), str(tmp_path / "missing")):
@@ -420,7 +420,7 @@ def test_another_fallback_recalibrates_for_it(run_dir, monkeypatch):
     import types
 
     from scan_cli.artifact import read_info, update_metadata
-    from scan_cli.predict_files import exit_policy
+    from scan_cli.inference.torch_engine import exit_policy
 
     calls = []
 
@@ -443,7 +443,7 @@ def test_another_fallback_recalibrates_for_it(run_dir, monkeypatch):
 # -- from files to answers (issue 10 item 5) -------------------------------------------------------
 def test_uint8_batches_normalised_on_the_device_are_bit_for_bit_the_per_image_transform(loaded, images, tmp_path):
     from scan_cli.data.transforms import batch_preprocessing
-    from scan_cli.file_batches import to_model_input, uint8_batches
+    from scan_cli.inference.file_batches import to_model_input, uint8_batches
 
     model, info, transform = loaded
     pil_steps, size, mean, std = batch_preprocessing(transform)

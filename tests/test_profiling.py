@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scan_cli import profiling
-from scan_cli.bare_model import build_bare_model
+from scan_cli.model import build_bare_model
 from scan_cli.errors import ScanError
 from scan_cli.profiling import macs
 from scan_cli.contract import StagedBackbone
@@ -209,7 +209,7 @@ def test_slim_heads_cost_under_a_quarter_of_resnet50(resnet50_reports):
 def run_dir(tmp_path):
     from scan_cli import artifact
     from scan_cli.model import build_scan_model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     reg = default_registry()
     spec = reg.get("resnet10_cifar")

@@ -3,7 +3,7 @@
 import pytest
 
 from scan_cli.errors import UsageError
-from scan_cli.recipes import Recipe, describe, load_recipe, loss_settings, resolve
+from scan_cli.training.recipes import Recipe, describe, load_recipe, loss_settings, resolve
 
 
 def test_small_images_get_cifar_style_training():

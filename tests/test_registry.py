@@ -8,7 +8,7 @@ import pytest
 
 from scan_cli.contract import BackboneSpec, Provider, SplitPoint
 from scan_cli.errors import ScanError
-from scan_cli.registry import Registry
+from scan_cli.backbones.registry import Registry
 
 
 def _ep(name, value):
@@ -71,7 +71,7 @@ def test_import_error_is_isolated():
 
 
 def test_strict_mode_raises_naming_the_plugin(monkeypatch):
-    from scan_cli.registry import PluginError
+    from scan_cli.backbones.registry import PluginError
 
     monkeypatch.setenv("SCAN_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="provider 'ghost'.*ModuleNotFoundError") as exc:
@@ -80,7 +80,7 @@ def test_strict_mode_raises_naming_the_plugin(monkeypatch):
 
 
 def test_strict_mode_raises_for_a_dropped_spec_naming_the_plugin(monkeypatch):
-    from scan_cli.registry import PluginError
+    from scan_cli.backbones.registry import PluginError
 
     monkeypatch.setenv("SCAN_STRICT_PLUGINS", "1")
     _install_module(monkeypatch, "fake_half", provider=Provider(name="half", backbones=[_spec("bad", splits=(("a", 0, 2),))]))
@@ -224,7 +224,7 @@ def test_unknown_names_in_the_control_variables_are_reported(monkeypatch, scan_l
 
 
 def test_default_registry_follows_the_control_variables(monkeypatch):
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     assert default_registry() is default_registry()
     monkeypatch.setenv("SCAN_DISABLE_PLUGINS", "cifar")
@@ -253,7 +253,7 @@ def test_contract_and_listing_do_not_import_torch():
     import sys
 
     code = ("import sys, scan_cli.contract as c; a = 'torch' in sys.modules; "
-            "from scan_cli.registry import Registry; r = Registry(); r.specs(); r.statuses(); "
+            "from scan_cli.backbones.registry import Registry; r = Registry(); r.specs(); r.statuses(); "
             "print(a, 'torch' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]

@@ -66,7 +66,7 @@ def test_resume_refuses_settings_it_cannot_change(run_cli, folder, tmp_path):
 
 
 def test_ctrl_c_in_fit_names_the_run_and_the_resume_command(run_cli, folder, tmp_path, monkeypatch):
-    from scan_cli import training
+    from scan_cli.training import loop as training
 
     original = training._train_epoch
     calls = []
@@ -101,7 +101,7 @@ def test_atomic_write_follows_the_umask_and_keeps_the_old_file_on_failure(tmp_pa
     from safetensors.torch import save_file
     import torch
 
-    from scan_cli.artifact import atomic_write
+    from scan_cli.files import atomic_write
 
     target = tmp_path / "m.safetensors"
     old = os.umask(0o027)

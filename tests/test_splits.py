@@ -91,8 +91,8 @@ def test_later_commands_never_validate_on_training_images(source, tmp_path, hf_c
     import scan_cli.data
     from scan_cli.artifact import read_info
     from scan_cli.data import run_split
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     data, flags = ("digits", {}) if SOURCES[source] is None else SOURCES[source](tmp_path / "data")
     seen = []
@@ -124,8 +124,8 @@ def _one_step_epoch(train_model, model, loader, optimizer, *args, **kwargs):
 
 def test_the_run_records_what_decides_its_splits(tmp_path, hf_cache):
     from scan_cli.artifact import read_info
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     data, flags = _streamed_parquet(tmp_path / "data")
     recipe = Recipe(data=data, img_size=16, epochs=1, batch_size=8, lr=0.05, schedule="constant", augment="none",
@@ -145,8 +145,8 @@ def test_data_that_no_longer_splits_as_it_did_is_an_error(tmp_path):
 
     from scan_cli.data import run_split
     from scan_cli.errors import ScanError
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     root = tmp_path / "d"
     make_class_tree(root / "train", ["ant", "bee"], 6)

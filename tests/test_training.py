@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scan_cli.errors import ScanError
-from scan_cli.recipes import Recipe, load_recipe
-from scan_cli.training import FitOptions, fit, lr_at, scan_loss
+from scan_cli.training.recipes import Recipe, load_recipe
+from scan_cli.training.loop import FitOptions, fit, lr_at, scan_loss
 
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 40, 220)]
 
@@ -81,7 +81,7 @@ def test_recipe_precedence_and_unknown_key(tmp_path):
 
 
 def test_every_shipped_recipe_validates():
-    from scan_cli.recipes import available
+    from scan_cli.training.recipes import available
 
     names = available()
     assert {"digits-cpu", "cifar100-resnet18-paper", "imagenet-resnet50-heads"} <= set(names)
@@ -139,7 +139,7 @@ def test_heads_mode_keeps_the_backbone_fixed(folder, tmp_path):
 
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     backbone = default_registry().get("resnet10_cifar").build(num_classes=10)
     torch.save(backbone.model.state_dict(), weights)  # a 10-class checkpoint: the classifier is replaced
@@ -218,7 +218,7 @@ def test_heads_mode_keeps_a_matching_classifier(folder, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
     import scan_cli.model
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     torch.manual_seed(1)
     backbone = default_registry().get("resnet10_cifar").build(num_classes=3)

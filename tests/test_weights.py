@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scan_cli.errors import ScanError
-from scan_cli.weights import load_backbone_weights, read_state_dict
+from scan_cli.backbones.weights import load_backbone_weights, read_state_dict
 
 
 def _timm_model(num_classes=3, seed=0):
@@ -79,7 +79,7 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
 def test_weights_of_another_architecture_are_refused(tmp_path):
     import timm
 
-    from scan_cli.registry import default_registry
+    from scan_cli.backbones.registry import default_registry
 
     other = timm.create_model("test_efficientnet", num_classes=3)
     torch.save(other.state_dict(), tmp_path / "other.pth")
@@ -94,8 +94,8 @@ def test_heads_only_keeps_the_given_network_exactly(tmp_path):
 
     from conftest import make_color_folder
     from scan_cli import artifact
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     model, ema = _timm_model(seed=0), _timm_model(seed=1)
     ckpt = _timm_checkpoint(tmp_path / "ckpt.pth.tar", model, ema)

@@ -6,7 +6,7 @@ Built from timm's ResNet class with the stem swapped, so they share the ResNet a
 
 from __future__ import annotations
 
-from ..contract import BackboneSpec, Provider, SplitPoint
+from .contract import BackboneSpec, Provider, SplitPoint
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

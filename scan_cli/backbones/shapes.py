@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..contract import SplitPoint, default_splits
+from .contract import SplitPoint, default_splits
 
 
 def trace_shapes(staged, input_size: int, device="cpu") -> dict:

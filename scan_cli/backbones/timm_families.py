@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from ..contract import BackboneSpec, Provider, SplitPoint
+from .. import files
+from .contract import BackboneSpec, Provider, SplitPoint
 
 # timm model class name -> family name
 FAMILY_OF_CLASS = {
@@ -58,7 +59,7 @@ DECLARED = {
 
 def _adapter_class():
     """Build the adapter class on first use (it subclasses torch.nn.Module)."""
-    from ..contract import StagedBackbone
+    from .contract import StagedBackbone
 
     class TimmStaged(StagedBackbone):
         """Runs a timm model stem -> units -> post -> head, per its family."""
@@ -253,10 +254,9 @@ def remember_timm_models(timm) -> None:
     if path is None or path.exists():
         return
     try:
-        from ..artifact import atomic_write
-
+    
         names = json.dumps(sorted(timm.list_models()))
-        atomic_write(path, lambda tmp: open(tmp, "w").write(names))
+        files.atomic_write(path, lambda tmp: open(tmp, "w").write(names))
     except OSError:  # a read-only home: just slower next time
         pass
 

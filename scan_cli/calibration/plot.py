@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifact import atomic_write
+from .. import files
 from .choose import CalibrationResult
 
 
@@ -16,7 +16,7 @@ def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None =
 
     ``chosen`` is (cost_fraction, accuracy); for a CalibrationResult it defaults to its own point.
     Uses matplotlib's Agg canvas directly (no global backend switch). The image is written
-    atomically (``artifact.atomic_write``). Returns the path.
+    atomically (``files.atomic_write``). Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -56,6 +56,6 @@ def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None =
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=(path.suffix.lstrip(".") or "png"), dpi=120,
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format=(path.suffix.lstrip(".") or "png"), dpi=120,
                                                bbox_inches="tight"))
     return path

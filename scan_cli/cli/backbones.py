@@ -18,7 +18,7 @@ def list_backbones(ctx: typer.Context, as_json: bool = JSON,
         return
     import fnmatch
 
-    from ..registry import default_registry
+    from ..backbones.registry import default_registry
     from ._output import print_listing
 
     def row(s):
@@ -33,7 +33,7 @@ def list_backbones(ctx: typer.Context, as_json: bool = JSON,
 @app.command("show")
 def show(backbone_id: str = typer.Argument(..., metavar="ID"), as_json: bool = JSON):
     """Show one backbone: provider, units, default split points."""
-    from ..registry import default_registry
+    from ..backbones.registry import default_registry
     from ._output import print_json, stdout_console
 
     registry = default_registry()
@@ -55,8 +55,8 @@ def show(backbone_id: str = typer.Argument(..., metavar="ID"), as_json: bool = J
 def check(backbone_id: str = typer.Argument(..., metavar="ID"), as_json: bool = JSON,
           img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side for the test forward.")):
     """Run the contract test: real forwards, declared shapes, staged forward equals the plain one."""
-    from ..checks import check_backbone
-    from ..registry import default_registry
+    from ..testing import check_backbone
+    from ..backbones.registry import default_registry
     from ._output import print_json, stdout_console
 
     spec = default_registry().get(backbone_id)

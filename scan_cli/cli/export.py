@@ -1,4 +1,4 @@
-"""`scan export`: the cascade as ONNX graphs plus manifest.json (thin: flags -> scan_cli.export)."""
+"""`scan export`: the cascade as ONNX graphs plus manifest.json (thin: flags -> scan_cli.inference.export)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document."),
 ):
     from ..errors import UsageError
-    from ..export import FORMATS, export_run
+    from ..inference.export import FORMATS, export_run
     from ._output import info, print_json
 
     if fmt not in FORMATS:
@@ -48,7 +48,7 @@ def export_command(
 def _print_pieces(manifest: dict) -> None:
     from rich.table import Table
 
-    from ..predict_files import format_macs
+    from ..inference.torch_engine import format_macs
     from ._output import stdout_console
 
     K = manifest["num_exits"]

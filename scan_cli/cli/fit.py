@@ -50,8 +50,8 @@ def fit_command(
 ):
     """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
     from ..errors import UsageError
-    from ..recipes import load_recipe
-    from ..training import FitOptions, fit, read_checkpoint_recipe
+    from ..training.recipes import load_recipe
+    from ..training.loop import FitOptions, fit, read_checkpoint_recipe
     from ._output import print_json
 
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
@@ -83,7 +83,7 @@ def fit_command(
     if not backbone:
         raise UsageError("name a backbone (e.g. 'scan fit resnet18') or a recipe that sets one (--recipe digits-cpu)")
     if resume is None:  # an unknown id fails here, in well under a second (torch is not imported yet)
-        from ..registry import default_registry
+        from ..backbones.registry import default_registry
 
         default_registry().get(backbone)
     if ema and weights is None:
@@ -120,9 +120,9 @@ def _refuse_changes_on_resume(recipe, extra: dict, given: dict) -> None:
 
 def _resolved_for_print(recipe, backbone: str, has_weights: bool) -> dict:
     """The recipe as fit will run it (image size from the backbone's declared input size)."""
-    from ..recipes import resolve
-    from ..registry import default_registry
-    from ..training import resolve_mode
+    from ..training.recipes import resolve
+    from ..backbones.registry import default_registry
+    from ..training.loop import resolve_mode
 
     spec = default_registry().get(backbone)
     shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)

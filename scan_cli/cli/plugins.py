@@ -11,7 +11,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print on
     SCAN_DISABLE_PLUGINS=a,b disables providers by name; SCAN_PLUGINS=a,b loads only those named."""
     import os
 
-    from ..registry import ENV_ALLOW, ENV_DISABLE, ENV_STRICT, default_registry
+    from ..backbones.registry import ENV_ALLOW, ENV_DISABLE, ENV_STRICT, default_registry
     from ._output import print_json, stdout_console
 
     statuses = default_registry().statuses()

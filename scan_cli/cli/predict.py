@@ -1,4 +1,4 @@
-"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.predict_files)."""
+"""`scan predict`: early-exit predictions for image files (thin: flags -> scan_cli.inference.torch_engine)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def predict_command(
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
     from .. import onnx_engine, predict_files
-    from ..predict_files import summary_lines, write_csv
+    from ..inference.torch_engine import summary_lines, write_csv
     from ._output import info, print_json
 
     # the ONNX Runtime engine gives the same report and exit codes
@@ -86,7 +86,7 @@ def _print_table(report, top_k: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..predict_files import format_macs
+    from ..inference.torch_engine import format_macs
     from ._output import stdout_console
 
     table = Table(title="predictions")

@@ -47,12 +47,12 @@ def profile_command(
     calibration = None
     if backbone_id is not None:
         info(f"building {backbone_id} with {heads} heads (random weights)")
-        from ..bare_model import build_bare_model
+        from ..model import build_bare_model
 
         model, size = build_bare_model(backbone_id, img_size, heads)
         info("counting MACs (fvcore, batch 1)")
         report = profiling.profile_macs(model, size)
-        from ..registry import default_registry
+        from ..backbones.registry import default_registry
 
         source = {"backbone": backbone_id, "provider": default_registry().get(backbone_id).provider, "heads": heads}
     else:

@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..images import check_size, describe_error, draft_size, open_rgb, to_rgb
+from .images import check_size, describe_error, draft_size, open_rgb, to_rgb
 
 log = logging.getLogger(__name__)
 

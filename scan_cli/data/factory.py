@@ -64,7 +64,7 @@ def load_data(
     means flip except for digits. splits: which of train/val/test to build (the others are None).
     check_images: open + verify every file of an image folder up front (see `folder.py`).
     """
-    from ..images import max_image_pixels
+    from .images import max_image_pixels
 
     max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error now, not one error per image
     kind = train_transform

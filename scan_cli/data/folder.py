@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..errors import ScanError
-from ..images import IMAGE_EXTENSIONS, describe_error, is_image_file, walk_images
+from .images import IMAGE_EXTENSIONS, describe_error, is_image_file, walk_images
 from .dataset import DataSplits, FileImages, SkippedImages
 from .holdout import MAP_RULE, holdout, rule
 from .transforms import eval_transform, train_transform
@@ -78,7 +78,7 @@ def _warn_duplicates(duplicates: list, role: str) -> None:
 
 
 def _check_file(path) -> str | None:
-    from ..images import _pil_image, check_size
+    from .images import _pil_image, check_size
 
     try:
         if os.path.getsize(path) == 0:

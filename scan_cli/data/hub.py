@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ..errors import ScanError
-from ..images import is_image_file
+from .images import is_image_file
 from .hf import COLUMNAR_SUFFIXES
 
 DATASET_ALIASES = {

@@ -20,7 +20,7 @@ import copy
 import logging
 import os
 
-from ..images import describe_error, draft_size
+from .images import describe_error, draft_size
 from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
 

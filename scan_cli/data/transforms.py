@@ -7,7 +7,7 @@ images need no special case anywhere else. Imports timm/torchvision inside funct
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..images import to_rgb
+from .images import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+from .. import files
 from ..devices import torch_threads
 from ..errors import ScanError
 
@@ -400,11 +401,10 @@ def _read_cache(path: Path) -> Optional[MacReport]:
 
 
 def _write_cache(path: Path, report: MacReport) -> None:
-    from ..artifact import atomic_write
 
     text = json.dumps({"cache_schema": CACHE_SCHEMA, "report": report.to_dict()}, indent=1)
     try:
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+        files.atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
     except OSError:
         pass  # a read-only run folder still gets its numbers, just not cached
 

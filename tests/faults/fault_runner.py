@@ -52,7 +52,7 @@ def half_written(write, name):
 def install() -> None:
     at = FAULT["at"]
     if at == "train_step":
-        from scan_cli import training
+        from scan_cli.training import loop as training
 
         real, calls = training._train_step, [0]
 
@@ -64,10 +64,10 @@ def install() -> None:
 
         training._train_step = step
     elif at == "write":
-        from scan_cli import artifact
+        from scan_cli import files
 
-        real_write = artifact.atomic_write
-        artifact.atomic_write = lambda path, write: real_write(path, half_written(write, FAULT["name"]))
+        real_write = files.atomic_write
+        files.atomic_write = lambda path, write: real_write(path, half_written(write, FAULT["name"]))
     elif at == "collect":
         from scan_cli import exit_outputs
 
@@ -104,7 +104,7 @@ def install() -> None:
 
 def main() -> None:
     if FAULT["at"] == "atomic_write":
-        from scan_cli.artifact import atomic_write
+        from scan_cli.files import atomic_write
 
         def slow(tmp):
             Path(tmp).write_bytes(b"new contents, half of them")

@@ -100,8 +100,8 @@ def data(tmp_path_factory):
 def finished(data, tmp_path_factory):
     """A finished, calibrated run (trained in this process: only the faults need a subprocess)."""
     from scan_cli.calibration.run import calibrate_run
-    from scan_cli.recipes import Recipe
-    from scan_cli.training import FitOptions, fit
+    from scan_cli.training.recipes import Recipe
+    from scan_cli.training.loop import FitOptions, fit
 
     out = tmp_path_factory.mktemp("finished") / "run"
     fit(FitOptions(backbone="resnet10_cifar", out=out, recipe=Recipe(
@@ -140,8 +140,9 @@ def test_fit_killed_at_a_random_step_then_resumed_equals_an_uninterrupted_run(da
 
 @pytest.mark.parametrize("name", ["model.safetensors", "checkpoint.safetensors"])
 def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_file_loadable(run, tmp_path, name):
-    from scan_cli.artifact import atomic_write, read_info
-    from scan_cli.training import checkpoint_epoch
+    from scan_cli.artifact import read_info
+    from scan_cli.files import atomic_write
+    from scan_cli.training.loop import checkpoint_epoch
 
     target = run / name
     before = target.read_bytes()
@@ -198,7 +199,7 @@ def assert_one_interrupted_line(code: int, err: str) -> str:
 
 @pytest.mark.parametrize("where", ["training", "writing the model"])
 def test_ctrl_c_in_fit(data, tmp_path, where):
-    from scan_cli.training import checkpoint_epoch
+    from scan_cli.training.loop import checkpoint_epoch
 
     out = tmp_path / "fit"
     fault = ({"at": "train_step", "nth": STEPS_PER_EPOCH + 2} if where == "training"
@@ -289,7 +290,7 @@ def test_disk_full_while_calibrate_saves(run_cli, run, monkeypatch):
 def test_disk_full_while_fit_saves_a_checkpoint(run_cli, data, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from scan_cli.training import checkpoint_epoch
+    from scan_cli.training.loop import checkpoint_epoch
 
     real, calls = safetensors.torch.save_file, [0]
 

@@ -20,7 +20,7 @@ def test_contract_holds_at_the_small_sizes_users_train_at():
 
 def test_pretrained_is_a_one_line_error_naming_the_model():
     from scan_cli.errors import ScanError
-    from scan_cli.registry import Registry
+    from scan_cli.backbones.registry import Registry
 
     with pytest.raises(ScanError, match="tinycnn has no pretrained weights"):
         Registry().get("tinycnn").build(pretrained=True)

@@ -8,7 +8,7 @@ without a head (they never fire) only pass the features on. ``fallback='ensemble
 images that reach the end with the mean of all exits' logits.
 
 ``predict`` is ``scan predict --engine onnxruntime`` (or ``--run`` pointing at an export folder):
-the same report as ``scan_cli.predict_files.predict`` (same schema, same exit codes). For a training
+the same report as ``scan_cli.inference.torch_engine.predict`` (same schema, same exit codes). For a training
 run, the run is exported once per set of exit heads its thresholds need (an exit that never fires
 runs nothing, as in ``ScanModel.early_exit``) into ``RUN/cache/onnx-<fingerprint>-<heads>/`` and
 reused; thresholds then come from the run, exactly as for the torch engine. For an export folder they
@@ -27,8 +27,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
-from .errors import ScanError, UsageError
-from .scoring import answer_confident, answer_the_rest, confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+from ..errors import ScanError, UsageError
+from ..scoring import answer_confident, answer_the_rest, confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
 
 ENGINES = ("torch", "onnxruntime")
 MANIFEST_FILE = "manifest.json"  # = export.MANIFEST_FILE (not imported: keep this module light)
@@ -216,8 +216,8 @@ def heads_for(thresholds: list, fallback: str, num_exits: int) -> list:
 def cached_export(run_dir: Path, heads: list, log=None) -> Path:
     """``RUN/cache/onnx-<artifact fingerprint>-<heads>/`` (heads as 1/0 per shallow exit), exported
     with exactly those heads on first use: the engine never computes a head that cannot fire."""
-    from .artifact import artifact_fingerprint
-    from .runs import CACHE_DIR, model_path
+    from ..artifact import artifact_fingerprint
+    from ..runs import CACHE_DIR, model_path
 
     tag = "".join("1" if h else "0" for h in heads)
     folder = Path(run_dir) / CACHE_DIR / f"onnx-{artifact_fingerprint(model_path(run_dir))}-{tag}"
@@ -228,7 +228,7 @@ def cached_export(run_dir: Path, heads: list, log=None) -> Path:
                 return folder
         except ScanError:
             pass  # damaged: export again
-    from .artifact import load
+    from ..artifact import load
     from .export import export_model, require_export
 
     require_export()
@@ -241,7 +241,7 @@ def cached_export(run_dir: Path, heads: list, log=None) -> Path:
 
 def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     """(export folder, ExitPolicy, run folder or None) for one call."""
-    from .predict_files import exit_policy
+    from .torch_engine import exit_policy
 
     folder = export_folder(run)
     if folder is not None:
@@ -254,9 +254,9 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
         policy = exit_policy(SimpleNamespace(calibration=cal), folder, int(manifest["num_exits"]),
                              thresholds=thresholds, score=score, fallback=fallback)
         return folder, policy, None
-    from .artifact import read_info
+    from ..artifact import read_info
     from .export import require
-    from .runs import model_path, resolve_run
+    from ..runs import model_path, resolve_run
 
     run_dir = resolve_run(run)
     info = read_info(model_path(run_dir))
@@ -273,7 +273,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
             log=None):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
-    from .images import find_images
+    from ..data.images import find_images
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
@@ -288,8 +288,8 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     folder, policy, run_dir = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
     cascade = Cascade(folder, threads=threads)
     cascade.check_policy(policy.thresholds, policy.fallback)
-    from .data import eval_transform
-    from .predict_files import _workers_for
+    from ..data import eval_transform
+    from .torch_engine import _workers_for
 
     manifest = cascade.manifest
     transform = eval_transform(manifest["data_config"], int(manifest["input"]["shape"][-1]))
@@ -306,9 +306,9 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from .images import ImageFiles, collate_images
-    from .predict_files import Prediction, PredictionReport, summarize
-    from .progress import track
+    from ..data.images import ImageFiles, collate_images
+    from .torch_engine import Prediction, PredictionReport, summarize
+    from ..progress import track
 
     if workers < 0:
         raise UsageError(f"--workers {workers}: give 0 (decode in this process) or more")

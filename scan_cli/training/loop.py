@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .data.loader import loader_length
-from .errors import ScanError
+from .. import files
+from ..data.loader import loader_length
+from ..errors import ScanError
 from .recipes import Recipe, loss_settings
-from .runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
+from ..runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
 
 log = logging.getLogger("scan_cli")
 
@@ -117,7 +118,7 @@ def pick_device(requested: Optional[str], dist_info: DistInfo):
     """The --device rule, plus one GPU per process under torchrun."""
     import torch
 
-    from .devices import keep_freed_memory, resolve_device
+    from ..devices import keep_freed_memory, resolve_device
 
     device = resolve_device(requested)
     keep_freed_memory(device)  # training steps about 20 % faster on CPU
@@ -152,7 +153,6 @@ def resolve_mode(recipe: Recipe, has_weights: bool) -> str:
 def save_checkpoint(path: Path, model, optimizer, epoch: int, recipe: Recipe, history: list, extra: dict) -> None:
     from safetensors.torch import save_file
 
-    from .artifact import atomic_write
 
     tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
@@ -168,7 +168,7 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, recipe: Recipe, hi
     meta = {"epoch": str(epoch), "recipe": json.dumps(recipe.to_dict()), "history": json.dumps(history),
             "opt_layout": json.dumps(layout), "opt_groups": json.dumps(opt_state["param_groups"]),
             "extra": json.dumps(extra)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list, dict]:
@@ -224,12 +224,12 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     ``on_epoch(epoch, summary_so_far)`` is called on the main process after each epoch."""
     import torch
 
-    from .data import SkippedImages, load_data, make_loader
-    from .exit_outputs import collect_exit_outputs, exit_accuracies
-    from .model import HeadConfig
-    from .progress import StepClock, make_progress
+    from ..data import SkippedImages, load_data, make_loader
+    from ..exit_outputs import collect_exit_outputs, exit_accuracies
+    from ..model import HeadConfig
+    from ..progress import StepClock, make_progress
     from .recipes import available, describe, resolve
-    from .registry import default_registry
+    from ..backbones.registry import default_registry
 
     recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
@@ -261,7 +261,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     # the last exit's classifier learns unless it came pretrained for this very class count
     new_classifier = not recipe.pretrained or _pretrained_classes(spec.id) != len(classes)
     if opts.weights:
-        from .weights import load_backbone_weights
+        from ..backbones.weights import load_backbone_weights
 
         skipped = load_backbone_weights(model.backbone, opts.weights, ema=opts.ema)
         new_classifier = bool(skipped)
@@ -348,7 +348,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         if created and dist_info.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
         if isinstance(exc, KeyboardInterrupt) and dist_info.is_main:
-            from .errors import Interrupted
+            from ..errors import Interrupted
 
             if kept:
                 raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)}: continue "
@@ -362,7 +362,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         return _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts,
                            classes, data_config, img_size, device, run_dir, summary)
     except KeyboardInterrupt:  # training is done and checkpointed: --resume writes the model
-        from .errors import Interrupted
+        from ..errors import Interrupted
 
         raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)} but no model yet: "
                           f"write it with 'scan fit --resume {run_dir}'") from None
@@ -371,9 +371,9 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts, classes,
                 data_config, img_size, device, run_dir, summary) -> dict:
     """The final artifact, with metrics on validation and (if any) test."""
-    from . import artifact
-    from .exit_outputs import collect_exit_outputs, exit_accuracies, exit_order_warning
-    from .runs import mark_latest
+    from .. import artifact
+    from ..exit_outputs import collect_exit_outputs, exit_accuracies, exit_order_warning
+    from ..runs import mark_latest
 
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
@@ -394,8 +394,8 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
                              input_size=img_size, recipe=recipe_doc)
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
     artifact.save(model, info, run_dir / MODEL_FILE)
-    artifact.atomic_write(run_dir / RECIPE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(recipe_doc, indent=2)))
-    artifact.atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    files.atomic_write(run_dir / RECIPE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(recipe_doc, indent=2)))
+    files.atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     mark_latest(run_dir)
     summary["model"] = str(run_dir / MODEL_FILE)
     return summary
@@ -439,7 +439,7 @@ def _data_config(spec, recipe: Recipe) -> dict:
 
 
 def _build_model(spec, recipe, classes, head, img_size, opts):
-    from .model import build_scan_model
+    from ..model import build_scan_model
 
     pretrained = recipe.pretrained
     if pretrained:
@@ -534,7 +534,7 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
 
 
 def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) -> tuple[Path, bool]:
-    from .runs import new_run_dir
+    from ..runs import new_run_dir
 
     if opts.resume:
         return Path(opts.resume).resolve(), False

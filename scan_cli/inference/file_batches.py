@@ -46,7 +46,7 @@ def decode_array(path, pil_transform, size, draft=None):
     """(uint8 array [H, W, 3], None) for one file after the PIL steps, or (None, error string)."""
     import numpy as np
 
-    from .images import describe_error, open_rgb
+    from ..data.images import describe_error, open_rgb
 
     try:
         img = open_rgb(path, draft=draft)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError, UsageError
+from ..errors import ScanError, UsageError
 
 
 # What the exits learn from (see ``scan_cli.training.scan_loss``). ``paper`` is the official code's

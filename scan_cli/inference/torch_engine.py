@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import UsageError
+from .. import files
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def check_flags(*, batch_size: int = 64, top_k: int = 1, channels_last: Optional
                 score: Optional[str] = None, fallback: Optional[str] = None, target_acc: Optional[float] = None,
                 thresholds: Optional[str] = None) -> None:
     """Usage errors that need no run, no model and no image: checked before anything else."""
-    from .scoring import SCORES
+    from ..scoring import SCORES
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
@@ -116,7 +117,7 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
     Thresholds keep their promise only for the score and fallback they were searched for: another
     ``--fallback`` recalibrates for it (same target, validation data, not saved); another
     ``--score`` is refused."""
-    from .calibration.run import calibrate_run
+    from ..calibration.run import calibrate_run
 
     check_flags(score=score, fallback=fallback, target_acc=target_acc, thresholds=thresholds)
     cal = info.calibration or None
@@ -203,7 +204,7 @@ def _workers_for(workers: Optional[int], num_images: int, batch_size: int) -> in
     nothing and only adds its start-up time, or when the process has 2 CPUs or fewer: there a
     decoding process takes a core from the model and ships every decoded batch across processes
     (resnet50 @ 224 from files, batch 64, 2 cores: 7.1 s with one process, 4.1 s with the thread)."""
-    from .data.loader import default_num_workers, usable_cpus
+    from ..data.loader import default_num_workers, usable_cpus
 
     if workers is not None:
         return workers
@@ -223,10 +224,10 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data.transforms import batch_preprocessing
+    from ..data.transforms import batch_preprocessing
     from .file_batches import to_model_input, uint8_batches
-    from .images import ImageFiles, collate_images, draft_size
-    from .progress import track
+    from ..data.images import ImageFiles, collate_images, draft_size
+    from ..progress import track
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
@@ -298,7 +299,7 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
                    channels_last=bool(channels_last), layout="NHWC" if channels_last else "NCHW",
                    threads=torch.get_num_threads(), model_seconds=model_seconds)
     if compare_plain and kept:
-        from .profiling import compare_with_plain
+        from ..profiling import compare_with_plain
 
         summary["comparison"] = compare_with_plain(model, kept, policy.thresholds, score=policy.score,
                                                    fallback=policy.fallback)
@@ -331,10 +332,10 @@ def summarize(predictions: list, num_errors: int, num_exits: int, costs: list, b
 # -- the whole command -----------------------------------------------------------------------------
 def load_for_prediction(run: Optional[str], device=None):
     """(run_dir, model on device, info, transform, CascadeCosts, backbone_macs) for a run folder."""
-    from .artifact import load
-    from .data import eval_transform
-    from .profiling import cascade_costs
-    from .runs import CACHE_DIR, model_path, resolve_run
+    from ..artifact import load
+    from ..data import eval_transform
+    from ..profiling import cascade_costs
+    from ..runs import CACHE_DIR, model_path, resolve_run
 
     run_dir = resolve_run(run)
     model, info = load(model_path(run_dir), device=device or "cpu")
@@ -352,14 +353,14 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
 
     Everything that can be wrong without a model (flags, the run folder, the images) is reported
     before torch or the model is loaded."""
-    from .artifact import read_info
-    from .devices import keep_freed_memory, resolve_device
-    from .images import find_images
-    from .runs import model_path, resolve_run
+    from ..artifact import read_info
+    from ..devices import keep_freed_memory, resolve_device
+    from ..data.images import find_images
+    from ..runs import model_path, resolve_run
 
     check_flags(batch_size=batch_size, top_k=top_k, channels_last=channels_last, score=score, fallback=fallback,
                 target_acc=target_acc, thresholds=thresholds)
-    from .images import max_image_pixels
+    from ..data.images import max_image_pixels
 
     max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, not one error row per image
     run_dir = resolve_run(run)
@@ -373,7 +374,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     policy = exit_policy(info, run_dir, num_exits, thresholds=thresholds, target_acc=target_acc,
                          score=score, fallback=fallback, device=str(dev))
     run_dir, model, info, transform, costs, backbone_macs = load_for_prediction(str(run_dir), dev)
-    from .devices import use_channels_last
+    from ..devices import use_channels_last
 
     report = predict_paths(model, paths, transform, policy, classes=info.classes,
                            costs=costs.for_policy(policy.thresholds, policy.fallback), backbone_macs=backbone_macs,
@@ -409,7 +410,7 @@ def summary_lines(summary: dict) -> list:
         )
         cmp = summary.get("comparison")
         if cmp and cmp.get("realised_speedup"):
-            from .profiling import speed_sentence
+            from ..profiling import speed_sentence
 
             lines.append(speed_sentence(cmp["realised_speedup"], summary["counted_speedup"], cmp["images_per_second"],
                                         f"{cmp['what']}: {cmp['images']} images, {how}"))
@@ -426,7 +427,6 @@ def write_csv(report: PredictionReport, path: Path, top_k: int = 1) -> None:
     """One row per input image (failed ones carry only path and error), written atomically."""
     import csv
 
-    from .artifact import atomic_write
 
     k = max(1, min(top_k, max((len(p.top_k) for p in report.predictions), default=1)))
     cols = ["path", "label", "class_index", "confidence", "exit", "exit_index", "num_exits", "macs"]
@@ -452,4 +452,4 @@ def write_csv(report: PredictionReport, path: Path, top_k: int = 1) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    atomic_write(Path(path), write)
+    files.atomic_write(Path(path), write)

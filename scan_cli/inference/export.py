@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError, UsageError
+from ..errors import ScanError, UsageError
 
 FORMAT = "scan-onnx-cascade"
 FORMAT_VERSION = 1
@@ -294,8 +294,8 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
     exit) when given. ``cache_dir``: where MAC counts are cached (a run's ``cache/``)."""
     import torch
 
-    from .data import eval_transform
-    from .profiling import profile_macs, structure_key
+    from ..data import eval_transform
+    from ..profiling import profile_macs, structure_key
 
     if fmt not in FORMATS:
         raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")
@@ -401,8 +401,8 @@ def _export_whole(module, path: Path, outputs: list, x_export, x_check, opset: i
 def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces, opset) -> dict:
     import torch
 
-    from . import __version__
-    from .data import effective_data_config
+    from .. import __version__
+    from ..data import effective_data_config
 
     size = int(info.input_size)
     cfg = effective_data_config(info.data_config, size)
@@ -433,8 +433,8 @@ def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces
 def export_run(run: Optional[str], out: Optional[str] = None, *, fmt: str = "onnx", all_exits: bool = False,
                plain: bool = False, opset: int = OPSET, log=None) -> tuple[dict, Path]:
     """`scan export`: load the run, export it into ``out`` (default ``RUN/onnx``). Returns (manifest, out)."""
-    from .artifact import load
-    from .runs import CACHE_DIR, model_path, resolve_run
+    from ..artifact import load
+    from ..runs import CACHE_DIR, model_path, resolve_run
 
     if fmt not in FORMATS:
         raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 from .contract import CONTRACT_VERSION, ENTRY_POINT_GROUP, SUPPORTED_CONTRACT_VERSIONS, BackboneSpec, Provider, validate_spec
-from .errors import ScanError
+from ..errors import ScanError
 
 log = logging.getLogger("scan_cli")
 BUILTIN_DISTRIBUTION = "scan-cli"

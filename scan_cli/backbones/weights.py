@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ScanError
+from ..errors import ScanError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 SCAN_BACKBONE_PREFIX = "backbone.model."  # a SCAN artifact's backbone
