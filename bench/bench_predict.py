@@ -118,7 +118,7 @@ def mix_policy(model, paths, transform, mix: str, fallback: str, source: str):
     import torch
 
     from scan_cli.data.images import open_rgb
-    from scan_cli.inference.torch_engine import ExitPolicy
+    from scan_cli.policy import ExitPolicy
 
     x_all = torch.stack([transform(open_rgb(p)) for p in paths])
     return ExitPolicy(mix_thresholds(model, x_all, [float(m) for m in mix.split(",")]), "max_softmax", fallback,
@@ -175,7 +175,8 @@ def ratio(times, a, b) -> dict:
 def measure(model, paths, labels, transform, policy, batch_sizes, repeats, workers, cl, costs_all, title) -> dict:
     import torch
 
-    from scan_cli.inference.torch_engine import _workers_for, predict_paths
+    from scan_cli.inference.plan import workers_for as _workers_for
+    from scan_cli.inference.torch_engine import predict_paths
 
     layout = torch.channels_last if cl else torch.contiguous_format
     if cl:
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     from scan_cli.artifact import load
     from scan_cli.data import eval_transform
     from scan_cli.devices import use_channels_last
-    from scan_cli.inference.torch_engine import ExitPolicy, _shallow
+    from scan_cli.policy import ExitPolicy, shallow as _shallow
     from scan_cli.profiling import cascade_costs
     from scan_cli.runs import CACHE_DIR, model_path, resolve_run
 

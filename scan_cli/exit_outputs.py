@@ -10,7 +10,7 @@ from typing import Optional
 
 from . import files
 from .data.loader import loader_length
-from .runs import CACHE_DIR
+from .runs import Run
 
 
 def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = None):
@@ -29,19 +29,11 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def cache_path(run_dir: Path, split: str) -> Path:
-    """v2: undecodable images are left out (v1 caches were written when they were replaced by the
-    next image, so they are not read)."""
-    from .artifact import artifact_fingerprint
-    from .runs import model_path
-
-    return Path(run_dir) / CACHE_DIR / f"{split}-outputs-v2-{artifact_fingerprint(model_path(run_dir))}.safetensors"
-
-
-def read_cached_outputs(run_dir: Path, split: str, skipped=None):
+def read_cached_outputs(run, split: str, skipped=None):
     """numpy (logits [n, K, C], labels [n]) cached for this artifact, or None (reads no torch).
-    skipped: a `data.SkippedImages` that receives the images left out when the cache was written."""
-    path = cache_path(run_dir, split)
+    skipped: a `data.SkippedImages` that receives the images left out when the cache was written.
+    (Cache v2: undecodable images are left out; v1 caches replaced them by the next image.)"""
+    path = Run.of(run).outputs_cache(split)
     if not path.is_file():
         return None
     import json
@@ -60,19 +52,19 @@ def read_cached_outputs(run_dir: Path, split: str, skipped=None):
     return tensors["logits"], tensors["labels"]
 
 
-def cached_exit_outputs(run_dir: Path, split: str, make_loader, model, device="cpu", skipped=None):
+def cached_exit_outputs(run, split: str, make_loader, model, device="cpu", skipped=None):
     """Exit logits for a split (numpy), computed once per artifact and stored in run_dir/cache/.
     skipped: a `data.SkippedImages` that receives the images the loader left out as undecodable
     (recorded in the cache, so a later read reports them too)."""
-    cached = read_cached_outputs(run_dir, split, skipped)
+    run = Run.of(run)
+    cached = read_cached_outputs(run, split, skipped)
     if cached is not None:
         return cached
     import json
 
     from safetensors.torch import save_file
 
-
-    path = cache_path(run_dir, split)
+    path = run.outputs_cache(split)
     loader = make_loader()
     logits, labels = collect_exit_outputs(model, loader, device=device, progress=f"{split} exits")
     found = getattr(loader, "skipped", None)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .scoring import answer_confident, answer_the_rest, confidence
+from .scoring import run_cascade
 
 
 @dataclass
@@ -219,31 +219,16 @@ class ScanModel(nn.Module):
         An exit that never fires runs nothing (no attention, no head) unless the ensemble fallback
         needs its logits, so ``thresholds`` all ``None`` costs exactly the plain backbone."""
         batch = x.shape[0]
-        K = self.num_exits
-        out_logits = x.new_empty((batch, self.num_classes), dtype=torch.float32)
-        out_exit = torch.full((batch,), K - 1, dtype=torch.long, device=x.device)
-        out_conf = x.new_empty((batch,), dtype=torch.float32)
-        active = torch.arange(batch, device=x.device)
-        running_sum = None
-        h = self.stem(x)
-        for k in range(K):
-            h = self.section(k, h)
-            t = thresholds[k] if k < len(thresholds) else None
-            disabled = k < K - 1 and (t is None or t == float("inf"))
-            if disabled and fallback != "ensemble":
-                continue  # this exit cannot answer and nothing needs its logits: skip its head
-            logits = self.exit_logits(k, h).float()
-            if fallback == "ensemble":
-                running_sum = logits if running_sum is None else running_sum + logits
-            if k == K - 1:
-                answer_the_rest(logits, running_sum, K, fallback, score, active, out_logits, out_conf)
-                break
-            if disabled:
-                continue
-            active, h, running_sum = answer_confident(k, logits, confidence(logits, score), t, active, h, running_sum,
-                                                      out_logits, out_exit, out_conf)
-            if len(active) == 0:
-                break
+        outputs = (x.new_empty((batch, self.num_classes), dtype=torch.float32),
+                   torch.full((batch,), self.num_exits - 1, dtype=torch.long, device=x.device),
+                   x.new_empty((batch,), dtype=torch.float32))
+
+        def piece(k, h, want_logits):
+            h = self.section(k, self.stem(h) if k == 0 else h)
+            return h, (self.exit_logits(k, h).float() if want_logits else None)
+
+        out_logits, out_exit, out_conf = run_cascade(x, torch.arange(batch, device=x.device), outputs, piece,
+                                                     self.num_exits, thresholds, score, fallback)
         return EarlyExitOutput(out_logits, out_exit, out_conf)
 
 

@@ -17,6 +17,7 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 RECIPE_FILE = "recipe.json"
 CACHE_DIR = "cache"
+METRICS_FILE = "metrics.json"
 
 
 def runs_root() -> Path:
@@ -95,3 +96,98 @@ def _announce(path: Path, via_latest: bool) -> None:
 
 def model_path(run_dir: Path) -> Path:
     return Path(run_dir) / MODEL_FILE
+
+
+class Run:
+    """One run folder as a command uses it: the folder, its files, every cache name, the artifact's
+    header read once and the model loaded once (per device). ``calibrate``, ``evaluate``, ``profile``,
+    ``predict`` and ``export`` take one; ``Run.of`` accepts a folder too (the Python API)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._info = None
+        self._fingerprint = None
+        self._models: dict = {}
+
+    @classmethod
+    def open(cls, run: Optional[str]) -> "Run":
+        """The run --run names (a folder or its model file), or the latest run; named on stderr."""
+        return cls(resolve_run(run))
+
+    @classmethod
+    def of(cls, run) -> "Run":
+        return run if isinstance(run, Run) else cls(Path(run))
+
+    def __fspath__(self) -> str:  # a Run is also its folder: Path(run), open(...) keep working
+        return str(self.folder)
+
+    # -- files --------------------------------------------------------------------------------------
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.folder / RECIPE_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.folder / METRICS_FILE
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.folder / CACHE_DIR
+
+    # -- the artifact -------------------------------------------------------------------------------
+    @property
+    def info(self):
+        """The artifact's metadata (``ArtifactInfo``), read once."""
+        if self._info is None:
+            from .artifact import read_info
+
+            self._info = read_info(self.model_file)
+        return self._info
+
+    def metadata_changed(self, info) -> None:
+        """After this command rewrote the metadata (calibrate): keep the new header, no re-read."""
+        self._info = info
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.info.split_points) + 1
+
+    @property
+    def fingerprint(self) -> str:
+        """The tensors' fingerprint: metadata changes (calibration) keep the caches valid."""
+        if self._fingerprint is None:
+            from .artifact import artifact_fingerprint
+
+            self._fingerprint = artifact_fingerprint(self.model_file)
+        return self._fingerprint
+
+    def load(self, device="cpu"):
+        """(model, info) on ``device``, built and loaded once per device for the whole command."""
+        key = str(device)
+        if key not in self._models:
+            from .artifact import load
+
+            model, info = load(self.model_file, device=device)
+            self._models[key] = model
+            if self._info is None:
+                self._info = info
+        return self._models[key], self.info
+
+    # -- caches: every name built here ----------------------------------------------------------------
+    def outputs_cache(self, split: str) -> Path:
+        return self.cache_dir / f"{split}-outputs-v2-{self.fingerprint}.safetensors"
+
+    def macs_cache(self, input_size: int) -> Path:
+        return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"
+
+    def onnx_cache(self, heads: list) -> Path:
+        tag = "".join("1" if h else "0" for h in heads)
+        return self.cache_dir / f"onnx-{self.fingerprint}-{tag}"

@@ -1,9 +1,39 @@
-"""Confidence scores an exit is judged by (higher always means more confident), and the exit rule
-that both engines (PyTorch and ONNX Runtime) apply to a batch."""
+"""Confidence scores an exit is judged by (higher always means more confident), and the early-exit
+loop both engines (PyTorch and ONNX Runtime) run over a batch: ``run_cascade``."""
 
 from __future__ import annotations
 
-SCORES = ("max_softmax", "margin", "neg_entropy")
+from .policy import SCORES, fires
+
+
+def run_cascade(h, active, outputs, piece, num_exits: int, thresholds: list, score: str, fallback: str):
+    """Real early exit over one batch, for tensors or arrays alike; the one loop both engines run.
+
+    ``piece(k, h, want_logits) -> (h, logits or None)`` runs piece k (stem and section 0 for k = 0) on
+    the rows still in ``h`` and, when asked (or when its graph always computes them), exit k's logits.
+    ``active`` holds the batch positions of those rows; ``outputs`` = (logits [N, C], exit [N] filled
+    with K-1, score [N]) is written at the answered rows' positions. After each exit the rows that fired
+    leave ``h``, so the later pieces run only on the rest; an exit that never fires computes no head
+    unless the ensemble fallback needs its logits."""
+    out_logits, out_exit, out_conf = outputs
+    K = num_exits
+    running = None
+    for k in range(K):
+        last = k == K - 1
+        can_fire = not last and k < len(thresholds) and fires(thresholds[k])
+        h, logits = piece(k, h, last or can_fire or fallback == "ensemble")
+        if logits is not None and fallback == "ensemble":
+            running = logits if running is None else running + logits
+        if last:
+            answer_the_rest(logits, running, K, fallback, score, active, out_logits, out_conf)
+            break
+        if not can_fire or logits is None:
+            continue
+        active, h, running = answer_confident(k, logits, confidence(logits, score), thresholds[k], active, h,
+                                              running, out_logits, out_exit, out_conf)
+        if len(active) == 0:
+            break
+    return out_logits, out_exit, out_conf
 
 
 def answer_confident(k: int, logits, conf, threshold, active, h, running, out_logits, out_exit, out_conf):

@@ -205,7 +205,8 @@ def test_every_exported_exit_matches_pytorch(case):
 def test_labels_and_exits_equal_the_torch_engine(case):
     from scan_cli.data import eval_transform
     from scan_cli.inference.onnx_engine import predict_paths as ort_predict
-    from scan_cli.inference.torch_engine import ExitPolicy, predict_paths
+    from scan_cli.inference.torch_engine import predict_paths
+    from scan_cli.policy import ExitPolicy
 
     policy = ExitPolicy(list(case.thresholds), case.score, case.fallback, source="test")
     transform = eval_transform(case.info.data_config, case.info.input_size)
@@ -340,7 +341,7 @@ def test_export_follows_the_exit_heads_as_they_run(resnet_case, tmp_path):
 
 @pytest.mark.parametrize("kind", ["max_softmax", "margin", "neg_entropy"])
 def test_numpy_scores_equal_scoring_confidence(kind):
-    from scan_cli.inference.onnx_engine import confidence as np_confidence
+    from scan_cli.scoring import confidence as np_confidence
     from scan_cli.scoring import confidence
 
     g = torch.Generator().manual_seed(0)
@@ -442,7 +443,7 @@ def test_end_to_end_on_a_trained_run(run_cli, trained_run, tmp_path):
     # both exports hold exactly the heads of the exits that can fire, so they cost what torch counts
     for name in ("export", "run"):
         assert [p["macs"] for p in results[name]["predictions"]] == [p["macs"] for p in ref["predictions"]]
-    from scan_cli.inference.onnx_engine import heads_for
+    from scan_cli.policy import heads_needed as heads_for
 
     policy = ref["summary"]["policy"]
     cached = list((run / "cache").glob("onnx-*/manifest.json"))
@@ -490,7 +491,8 @@ def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case,
 
 def test_exporting_an_uncalibrated_run_says_what_it_gives(run_cli, resnet_case, tmp_path, monkeypatch):
     """Without thresholds every shallow head would be left out (the plain backbone): say so on stderr."""
-    from scan_cli import artifact, export
+    from scan_cli import artifact
+    from scan_cli.inference import export
 
     run = tmp_path / "run"
     run.mkdir()

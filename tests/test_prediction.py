@@ -187,7 +187,8 @@ BACKBONE_MACS = 40.0
 
 
 def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **kw):
-    from scan_cli.inference.torch_engine import ExitPolicy, predict_paths
+    from scan_cli.inference.torch_engine import predict_paths
+    from scan_cli.policy import ExitPolicy
 
     model, info, transform = loaded
     policy = ExitPolicy(list(thresholds), score, fallback, source="test")
@@ -198,7 +199,7 @@ def _predict(loaded, paths, thresholds, fallback="last", score="max_softmax", **
 
 # -- thresholds ---------------------------------------------------------------------------------------
 def test_parse_thresholds():
-    from scan_cli.inference.torch_engine import parse_thresholds
+    from scan_cli.policy import parse_thresholds
 
     assert parse_thresholds("0.9,0.8,0.95", 4) == [0.9, 0.8, 0.95]
     assert parse_thresholds("none, inf ,0.5", 4) == [None, None, 0.5]
@@ -208,9 +209,25 @@ def test_parse_thresholds():
             parse_thresholds(bad, 4)
 
 
+
+def exit_policy(info, run_dir, num_exits, *, device="auto", **kw):
+    """The call both engines make: the run's stored calibration, and a recalibration on the run's
+    validation data (not saved) for --target-acc or another --fallback."""
+    import importlib
+
+    from scan_cli.inference.plan import exit_policy as policy_for_call
+    from scan_cli.policy import Calibration
+
+    def recalibrate(**settings):
+        run = importlib.import_module("scan_cli.calibration.run")
+        return run.calibrate_run(run_dir, save=False, device=device, **settings)
+
+    return policy_for_call(Calibration.from_metadata(info.calibration, num_exits), num_exits,
+                           recalibrate=recalibrate, **kw)
+
+
 def test_exit_policy_sources(run_dir, caplog):
     from scan_cli.artifact import read_info
-    from scan_cli.inference.torch_engine import exit_policy
 
     info = read_info(run_dir / "model.safetensors")
     info.calibration = None
@@ -239,7 +256,6 @@ def test_target_acc_calibrates_without_saving(run_dir, monkeypatch):
     import types
 
     from scan_cli.artifact import read_info
-    from scan_cli.inference.torch_engine import exit_policy
 
     calls = []
 
@@ -375,7 +391,7 @@ def test_bad_files_are_reported_and_the_rest_predicted(loaded, images, tmp_path)
 def test_summary_lines_and_csv(loaded, images, tmp_path):
     import csv
 
-    from scan_cli.inference.torch_engine import summary_lines, write_csv
+    from scan_cli.inference.report import summary_lines, write_csv
 
     bad = make_bad_files(tmp_path / "bad")
     report = _predict(loaded, list(images[:5]) + list(bad)[:1], [0.0, None, None], top_k=2)
@@ -394,7 +410,7 @@ def test_summary_lines_and_csv(loaded, images, tmp_path):
 @pytest.mark.parametrize("cpus, processes", [(1, 0), (2, 0), (3, 2), (8, 4)])
 def test_default_workers(monkeypatch, cpus, processes):
     from scan_cli.data import loader
-    from scan_cli.inference.torch_engine import _workers_for
+    from scan_cli.inference.plan import workers_for as _workers_for
 
     monkeypatch.setattr(loader, "usable_cpus", lambda: cpus)
     assert loader.default_num_workers() == max(0, min(4, cpus - 1))
@@ -420,7 +436,6 @@ def test_another_fallback_recalibrates_for_it(run_dir, monkeypatch):
     import types
 
     from scan_cli.artifact import read_info, update_metadata
-    from scan_cli.inference.torch_engine import exit_policy
 
     calls = []
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ScanError, UsageError
+from ..policy import effective_costs as policy_costs
 
 # Elements of one [thresholds x samples] block of the vectorised inner search (memory bound).
 BLOCK_ELEMENTS = 1 << 18
@@ -94,20 +95,8 @@ class CascadeData:
 
 
 def effective_costs(costs, heads, thresholds) -> np.ndarray:
-    """Cumulative MACs of answering at each exit when the shallow exits whose threshold is ``None`` or
-    inf are switched off (their attention and head never run). ``thresholds``: K-1 shallow values
-    (a K-th is ignored); ``heads``: each shallow exit's own MACs, or None when nothing can be switched
-    off. The one cost rule for calibrate, evaluate, profile and predict."""
-    costs = np.asarray(costs, dtype=np.float64).copy()
-    if heads is None:
-        return costs
-    heads = np.asarray(heads, dtype=np.float64)
-    K = costs.shape[0]
-    off = np.array([t is None or not math.isfinite(float(t)) for t in list(thresholds)[: K - 1]], dtype=bool)
-    saved = np.cumsum(np.where(off, heads, 0.0))
-    costs[: K - 1] -= saved
-    costs[K - 1] -= saved[-1] if K > 1 else 0.0
-    return costs
+    """``policy.effective_costs`` (the one cost rule) as an array, for the search's numeric thresholds."""
+    return np.asarray(policy_costs(costs, heads, thresholds), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------

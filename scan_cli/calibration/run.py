@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
+from ..policy import DEFAULT_FALLBACK, DEFAULT_SCORE, Calibration, check_fallback, check_score, numeric
+from ..runs import Run
 
 
-def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
+def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
     """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact when the run's own
     data is used. The model and the data are only loaded on a cache miss (a cached run needs no torch).
     ``skipped`` (a ``SkippedImages``) counts the split's images left out as undecodable, also when the
@@ -24,23 +26,21 @@ def split_outputs(run_dir: Path, info, split: str, device="cpu", data: Optional[
 
     skipped = SkippedImages()
     if data is None:
-        cached = read_cached_outputs(run_dir, split, skipped)
+        cached = read_cached_outputs(run, split, skipped)
         if cached is not None:
             _warn_skipped(split, skipped, len(cached[1]))
             return cached[0], cached[1], skipped
-    from .. import artifact
     from ..data import make_loader, run_split
     from ..devices import keep_freed_memory, resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
-    from ..runs import model_path
 
-    dataset, _ = run_split(run_dir, info, split, data)
+    dataset, _ = run_split(run.folder, run.info, split, data)
     device = resolve_device(device)
     keep_freed_memory(device)
-    model, _ = artifact.load(model_path(run_dir), device=device)
+    model, _ = run.load(device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if data is None:
-        logits, labels = cached_exit_outputs(run_dir, split, make, model, device=device, skipped=skipped)
+        logits, labels = cached_exit_outputs(run, split, make, model, device=device, skipped=skipped)
     else:
         logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
         logits, labels = logits.numpy(), labels.numpy()
@@ -56,11 +56,11 @@ def _warn_skipped(split: str, skipped, used: int) -> None:
         logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {used} images used")
 
 
-def costs_of(run_dir: Path, info):
+def costs_of(run: Run):
     """The run's ``CascadeCosts`` (cached per artifact: the model is only built on a miss)."""
     from ..profiling import CascadeCosts, run_macs
 
-    report = run_macs(Path(run_dir), info.input_size)
+    report = run_macs(run, run.info.input_size)
     return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
                         [float(h) for h in report.shallow_heads])
 
@@ -73,7 +73,6 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
 
     from .. import artifact
     from ..exit_outputs import exit_correctness
-    from ..runs import model_path
     from .cascade import CascadeData
     from .choose import calibrate
     from .plot import plot_front
@@ -82,15 +81,14 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
         raise UsageError(f"calibration uses the validation split only, never '{split}': test data must stay unseen")
     if sum(x is not None for x in (target_acc, max_drop, budget)) != 1:
         raise UsageError("give exactly one of --target-acc, --max-drop, --budget")
-    run_dir = Path(run_dir)
-    info = artifact.read_info(model_path(run_dir))
-    previous = info.calibration or {}
-    score = score or previous.get("score", "max_softmax")
-    fallback = fallback or previous.get("fallback", "last")
-    if fallback not in ("last", "ensemble"):
-        raise UsageError("--fallback must be 'last' or 'ensemble'")
-    logits, labels, skipped = split_outputs(run_dir, info, "val", device=device)
-    costs = costs_of(run_dir, info)
+    run = Run.of(run_dir)
+    previous = Calibration.from_metadata(run.info.calibration, run.num_exits)
+    score = score or (previous.score if previous else DEFAULT_SCORE)
+    fallback = fallback or (previous.fallback if previous else DEFAULT_FALLBACK)
+    check_score(score)
+    check_fallback(fallback)
+    logits, labels, skipped = split_outputs(run, "val", device=device)
+    costs = costs_of(run)
     cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     t0 = time.perf_counter()
     scores, correct = exit_correctness(logits, labels, score, fallback)
@@ -118,7 +116,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     if plot is not None:
         plot_front(result, Path(plot))
     if save:
-        artifact.update_metadata(model_path(run_dir), calibration=doc)
+        run.metadata_changed(artifact.update_metadata(run.model_file, calibration=doc))
     return doc
 
 
@@ -126,39 +124,33 @@ def evaluate_run(run_dir, *, split: str = "test", data: Optional[str] = None, de
     """Per-exit accuracy, ensemble, and the calibrated cascade on held-out data."""
     import numpy as np
 
-    from .. import artifact
     from ..data import EVAL_SPLITS, run_recipe
-    from ..exit_outputs import exit_correctness
-    from ..runs import model_path
-    from ..exit_outputs import exit_accuracies
+    from ..exit_outputs import exit_accuracies, exit_correctness
     from .cascade import CascadeData, summarize
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
-    run_dir = Path(run_dir)
-    info = artifact.read_info(model_path(run_dir))
-    logits, labels, skipped = split_outputs(run_dir, info, split, device=device, data=data)
-    doc = {"run": str(run_dir), "split": split, "data": data or run_recipe(run_dir, info).get("data"), "n": int(len(labels)),
+    run = Run.of(run_dir)
+    logits, labels, skipped = split_outputs(run, split, device=device, data=data)
+    doc = {"run": str(run.folder), "split": split, "data": data or run_recipe(run.folder, run.info).get("data"), "n": int(len(labels)),
            "skipped_images": skipped.count}
     accs = exit_accuracies(logits, labels)
     K = logits.shape[1]
     doc["exits"] = [{"exit": k + 1, "accuracy": accs["exits"][k]} for k in range(K)]
     doc["ensemble"] = {"accuracy": accs["ensemble"]}
-    costs = costs_of(run_dir, info)
+    costs = costs_of(run)
     cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
     for k in range(K):
         doc["exits"][k]["macs_cumulative"] = cumulative[k]
     doc["backbone_macs"] = backbone_macs
-    cal = info.calibration
+    cal = Calibration.from_metadata(run.info.calibration, K)
     if cal:
-        fallback = cal.get("fallback", "last")
-        scores, correct = exit_correctness(logits, labels, cal.get("score", "max_softmax"), fallback)
+        scores, correct = exit_correctness(logits, labels, cal.score, cal.fallback)
         data_ = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
-                            heads=None if fallback == "ensemble" else costs.heads)
-        thresholds = [np.inf if t is None else t for t in cal["thresholds"][:K - 1]]
-        summary = summarize(data_, thresholds)
+                            heads=None if cal.fallback == "ensemble" else costs.heads)
+        summary = summarize(data_, numeric(cal.thresholds, K))
         doc["cascade"] = {
-            "thresholds": cal["thresholds"], "accuracy": summary["accuracy"], "exit_shares": list(summary["exit_shares"]),
+            "thresholds": cal.record["thresholds"], "accuracy": summary["accuracy"], "exit_shares": list(summary["exit_shares"]),
             "expected_macs": summary["expected_cost"], "speedup": backbone_macs / summary["expected_cost"],
             "val_accuracy": cal.get("val_accuracy"), "target": cal.get("settings"),
         }

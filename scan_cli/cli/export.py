@@ -48,7 +48,7 @@ def export_command(
 def _print_pieces(manifest: dict) -> None:
     from rich.table import Table
 
-    from ..inference.torch_engine import format_macs
+    from ..inference.report import format_macs
     from ._output import stdout_console
 
     K = manifest["num_exits"]

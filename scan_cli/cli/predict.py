@@ -47,8 +47,8 @@ def predict_command(
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
-    from .. import onnx_engine, predict_files
-    from ..inference.torch_engine import summary_lines, write_csv
+    from ..inference import onnx_engine, torch_engine
+    from ..inference.report import summary_lines, write_csv
     from ._output import info, print_json
 
     # the ONNX Runtime engine gives the same report and exit codes
@@ -58,7 +58,7 @@ def predict_command(
 
         raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
-    predict = onnx_engine.predict if use_onnx else predict_files.predict
+    predict = onnx_engine.predict if use_onnx else torch_engine.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k,
                      channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
@@ -86,7 +86,7 @@ def _print_table(report, top_k: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..inference.torch_engine import format_macs
+    from ..inference.report import format_macs
     from ._output import stdout_console
 
     table = Table(title="predictions")

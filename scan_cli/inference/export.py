@@ -27,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ScanError, UsageError
+from ..policy import Calibration, ExitPolicy, costs_with_heads
 
 FORMAT = "scan-onnx-cascade"
 FORMAT_VERSION = 1
@@ -104,13 +104,6 @@ def describe_transform(transform) -> dict:
             raise ScanError(f"the run's eval transform has a step the manifest cannot describe ({name}): "
                             "use crop_mode 'center' or 'squash' in the data config")
     return out
-
-
-def _thresholds(calibration: Optional[dict], num_exits: int) -> list:
-    """The artifact's K thresholds as stored (null = never fires; the last is always null)."""
-    values = list((calibration or {}).get("thresholds") or [])[:num_exits]
-    values += [None] * (num_exits - len(values))
-    return [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
 
 
 def _shape(t) -> list:
@@ -305,22 +298,17 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
     model = model.eval()
     K = model.num_exits
     size = int(info.input_size)
-    thresholds = _thresholds(info.calibration, K)
-    cal = info.calibration or {}
-    fallback = cal.get("fallback") or "last"
-    keep_all = all_exits or fallback == "ensemble"
+    cal = Calibration.from_metadata(info.calibration, K)
+    policy = cal.policy() if cal else ExitPolicy([None] * (K - 1))
     if heads is None:
-        heads = [keep_all or thresholds[k] is not None for k in range(K - 1)]
+        heads = [all_exits or need for need in policy.heads()]
     elif len(heads) != K - 1:
         raise UsageError(f"heads: one value per shallow exit ({K - 1}), got {len(heads)}")
     heads = [bool(h) for h in heads] + [True]
     cache = Path(cache_dir) / f"macs-arch-{structure_key(model)}-{size}.json" if cache_dir else None
     report = profile_macs(model, size, cache_path=cache)  # the same cache file as cascade_costs
     # what answering at exit k costs in *this* export: heads that were left out cost nothing
-    costs, heads_so_far = [], 0
-    for k, e in enumerate(report.exits):
-        heads_so_far += e.exit_macs if heads[k] else 0
-        costs.append(int(e.backbone_macs_to_split + heads_so_far))
+    costs = [int(round(c)) for c in costs_with_heads(report.cumulative, report.shallow_heads, heads)]
     preprocessing = describe_transform(eval_transform(info.data_config, size))
     say = log or (lambda message: None)
 
@@ -342,9 +330,9 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
                 say(f"exporting {PLAIN_FILE} (the backbone alone)")
                 extra["plain"] = _export_whole(plain_module(model), tmp / PLAIN_FILE, ["logits"], x_export, x_check, opset)
                 extra["plain"]["macs"] = int(report.backbone_macs)
-        for piece, t, c in zip(pieces, thresholds, costs):
+        for piece, t, c in zip(pieces, list(policy.thresholds) + [None], costs):
             piece.update(threshold=t, macs_cumulative=c)
-        manifest = _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces, opset)
+        manifest = _manifest(info, model, policy, cal is not None, preprocessing, report, costs, pieces, opset)
         manifest.update(extra)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         _publish(tmp, out)
@@ -398,7 +386,7 @@ def _export_whole(module, path: Path, outputs: list, x_export, x_check, opset: i
     return {"file": path.name, "input": "image", "outputs": list(outputs), "max_abs_diff_vs_torch": diff}
 
 
-def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces, opset) -> dict:
+def _manifest(info, model, policy, calibrated, preprocessing, report, costs, pieces, opset) -> dict:
     import torch
 
     from .. import __version__
@@ -420,10 +408,10 @@ def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces
         "data_config": {"input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
                         "interpolation": cfg.get("interpolation"), "crop_pct": cfg.get("crop_pct"),
                         "crop_mode": cfg.get("crop_mode")},
-        "thresholds": thresholds,
-        "score": cal.get("score") or "max_softmax",
-        "fallback": cal.get("fallback") or "last",
-        "calibrated": bool(cal.get("thresholds")),
+        "thresholds": list(policy.thresholds) + [None],  # K entries: null = never fires; the last exit always answers
+        "score": policy.score,
+        "fallback": policy.fallback,
+        "calibrated": calibrated,
         "macs": {"units": "MACs (multiply-accumulates; fvcore, batch 1)", "backbone": int(report.backbone_macs),
                  "exits_cumulative": costs},
         "pieces": pieces,
@@ -433,22 +421,21 @@ def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces
 def export_run(run: Optional[str], out: Optional[str] = None, *, fmt: str = "onnx", all_exits: bool = False,
                plain: bool = False, opset: int = OPSET, log=None) -> tuple[dict, Path]:
     """`scan export`: load the run, export it into ``out`` (default ``RUN/onnx``). Returns (manifest, out)."""
-    from ..artifact import load
-    from ..runs import CACHE_DIR, model_path, resolve_run
+    from ..runs import Run
 
     if fmt not in FORMATS:
         raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")
     if opset < 18:
         raise UsageError(f"--opset {opset}: the exporter writes opset 18 or newer")
-    run_dir = resolve_run(run)  # what needs no import is checked first: a wrong --run or --out is instant
-    out_dir = Path(out) if out else run_dir / "onnx"
+    handle = Run.open(run)  # what needs no import is checked first: a wrong --run or --out is instant
+    out_dir = Path(out) if out else handle.folder / "onnx"
     _prepare_out(out_dir)
     require_export()
-    model, info = load(model_path(run_dir))
-    if not all_exits and not (info.calibration or {}).get("thresholds"):
+    model, info = handle.load()
+    if not all_exits and Calibration.from_metadata(info.calibration, len(info.split_points) + 1) is None:
         logging.getLogger(__name__).warning(
             "this run is not calibrated: the shallow exits are exported without their heads (the cascade is "
             "the plain backbone). Run 'scan calibrate' first, or pass --all-exits to keep them")
     manifest = export_model(model, info, out_dir, fmt=fmt, all_exits=all_exits, plain=plain, opset=opset,
-                            cache_dir=run_dir / CACHE_DIR, log=log)
+                            cache_dir=handle.cache_dir, log=log)
     return manifest, out_dir

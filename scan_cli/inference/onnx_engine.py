@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from ..errors import ScanError, UsageError
-from ..scoring import answer_confident, answer_the_rest, confidence, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+from ..policy import Calibration, fires
+from ..runs import Run
+from ..scoring import run_cascade, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+from .export import FORMAT, FORMAT_VERSION, MANIFEST_FILE  # export owns the manifest format (imports nothing heavy)
+from .plan import exit_policy, workers_for
+from .report import add_predictions, build_report
 
 ENGINES = ("torch", "onnxruntime")
-MANIFEST_FILE = "manifest.json"  # = export.MANIFEST_FILE (not imported: keep this module light)
-FORMAT = "scan-onnx-cascade"
-FORMAT_VERSION = 1
 
 _log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Cascade:
         """An exit can only fire, and the ensemble can only be formed, where heads were exported."""
         K = self.num_exits
         for k in range(K - 1):
-            if k < len(thresholds) and thresholds[k] is not None and not self.has_head[k]:
+            if k < len(thresholds) and fires(thresholds[k]) and not self.has_head[k]:
                 raise ScanError(f"exit {k + 1}/{K} was exported without its head (it never fired at export): "
                                 "re-export with 'scan export --all-exits' to use other thresholds")
         if fallback == "ensemble" and not all(self.has_head):
@@ -181,46 +181,19 @@ class Cascade:
 
         self.check_policy(thresholds, fallback)
         n = int(x.shape[0])
-        K = self.num_exits
-        out_logits = np.empty((n, len(self.classes)), dtype=np.float32)
-        out_exit = np.full((n,), K - 1, dtype=np.int64)
-        out_conf = np.empty((n,), dtype=np.float32)
-        active = np.arange(n)
-        running = None
-        h = np.ascontiguousarray(x, dtype=np.float32)
-        for k in range(K):
-            h, logits = self._run(k, h)
-            if fallback == "ensemble":
-                running = logits if running is None else running + logits
-            if k == K - 1:
-                answer_the_rest(logits, running, K, fallback, score, active, out_logits, out_conf)
-                break
-            t = thresholds[k] if k < len(thresholds) else None
-            if t is None or t == math.inf or logits is None:
-                continue
-            active, h, running = answer_confident(k, logits, confidence(logits, score), t, active, h, running,
-                                                  out_logits, out_exit, out_conf)
-            if len(active) == 0:
-                break
+        outputs = (np.empty((n, len(self.classes)), dtype=np.float32), np.full((n,), self.num_exits - 1, dtype=np.int64),
+                   np.empty((n,), dtype=np.float32))
+        piece = lambda k, h, want_logits: self._run(k, h)  # noqa: E731  (a graph computes what it was exported with)
+        out_logits, out_exit, out_conf = run_cascade(np.ascontiguousarray(x, dtype=np.float32), np.arange(n), outputs,
+                                                     piece, self.num_exits, thresholds, score, fallback)
         return EarlyExit(out_logits, out_exit, out_conf)
 
 
 # -- scan predict --engine onnxruntime --------------------------------------------------------------
-def heads_for(thresholds: list, fallback: str, num_exits: int) -> list:
-    """Which shallow exits need their head under a policy: those that can fire, or all of them for the
-    ensemble fallback. As ``ScanModel.early_exit``, an exit that never fires runs nothing."""
-    return [fallback == "ensemble" or (k < len(thresholds) and thresholds[k] is not None)
-            for k in range(num_exits - 1)]
-
-
-def cached_export(run_dir: Path, heads: list, log=None) -> Path:
+def cached_export(run: Run, heads: list, log=None) -> Path:
     """``RUN/cache/onnx-<artifact fingerprint>-<heads>/`` (heads as 1/0 per shallow exit), exported
     with exactly those heads on first use: the engine never computes a head that cannot fire."""
-    from ..artifact import artifact_fingerprint
-    from ..runs import CACHE_DIR, model_path
-
-    tag = "".join("1" if h else "0" for h in heads)
-    folder = Path(run_dir) / CACHE_DIR / f"onnx-{artifact_fingerprint(model_path(run_dir))}-{tag}"
+    folder = run.onnx_cache(heads)
     if (folder / MANIFEST_FILE).is_file():
         try:
             manifest = read_manifest(folder)
@@ -228,43 +201,38 @@ def cached_export(run_dir: Path, heads: list, log=None) -> Path:
                 return folder
         except ScanError:
             pass  # damaged: export again
-    from ..artifact import load
     from .export import export_model, require_export
 
     require_export()
     if log:
         log(f"exporting the run to ONNX once for these exits, into {folder}")
-    model, info = load(model_path(run_dir))
-    export_model(model, info, folder, heads=list(heads), cache_dir=Path(run_dir) / CACHE_DIR)
+    model, info = run.load()
+    export_model(model, info, folder, heads=list(heads), cache_dir=run.cache_dir)
     return folder
 
 
 def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
-    """(export folder, ExitPolicy, run folder or None) for one call."""
-    from .torch_engine import exit_policy
-
+    """(export folder, ExitPolicy, Run or None) for one call."""
     folder = export_folder(run)
     if folder is not None:
         if target_acc is not None:
             raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
                              "as --run (with --engine onnxruntime), or give --thresholds")
         manifest = read_manifest(folder)
-        cal = {"thresholds": manifest["thresholds"], "score": manifest.get("score"),
-               "fallback": manifest.get("fallback")} if manifest.get("calibrated") else None
-        policy = exit_policy(SimpleNamespace(calibration=cal), folder, int(manifest["num_exits"]),
-                             thresholds=thresholds, score=score, fallback=fallback)
+        K = int(manifest["num_exits"])
+        cal = Calibration.from_metadata(manifest, K) if manifest.get("calibrated") else None
+        policy = exit_policy(cal, K, thresholds=thresholds, score=score, fallback=fallback)
         return folder, policy, None
-    from ..artifact import read_info
+    from ..calibration.run import calibrate_run
     from .export import require
-    from ..runs import model_path, resolve_run
 
-    run_dir = resolve_run(run)
-    info = read_info(model_path(run_dir))
+    handle = Run.open(run)
     require(("onnxruntime",), "--engine onnxruntime")
-    K = len(info.split_points) + 1
-    policy = exit_policy(info, run_dir, K, thresholds=thresholds, target_acc=target_acc, score=score,
-                         fallback=fallback, device="cpu")
-    return cached_export(run_dir, heads_for(policy.thresholds, policy.fallback, K), log), policy, run_dir
+    K = handle.num_exits
+    recalibrate = lambda **settings: calibrate_run(handle, save=False, device="cpu", **settings)  # noqa: E731
+    policy = exit_policy(Calibration.from_metadata(handle.info.calibration, K), K, thresholds=thresholds,
+                         target_acc=target_acc, score=score, fallback=fallback, recalibrate=recalibrate)
+    return cached_export(handle, policy.heads(), log), policy, handle
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
@@ -285,17 +253,16 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     if (channels_last or "auto").lower() not in ("auto", "off"):
         raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
     paths = find_images(list(inputs))
-    folder, policy, run_dir = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
+    folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
     cascade = Cascade(folder, threads=threads)
     cascade.check_policy(policy.thresholds, policy.fallback)
     from ..data import eval_transform
-    from .torch_engine import _workers_for
 
     manifest = cascade.manifest
     transform = eval_transform(manifest["data_config"], int(manifest["input"]["shape"][-1]))
     report = predict_paths(cascade, paths, transform, policy, batch_size=batch_size,
-                           workers=_workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
-    report.summary["run"] = str(run_dir if run_dir is not None else folder)
+                           workers=workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
+    report.summary["run"] = str(handle.folder if handle is not None else folder)
     report.summary["export"] = str(folder)
     return report
 
@@ -307,7 +274,6 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
     from torch.utils.data import DataLoader
 
     from ..data.images import ImageFiles, collate_images
-    from .torch_engine import Prediction, PredictionReport, summarize
     from ..progress import track
 
     if workers < 0:
@@ -332,20 +298,11 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
         out = cascade.early_exit(images.numpy(), policy.thresholds, policy.score, policy.fallback)
         model_seconds += time.perf_counter() - t_model
         probs = softmax(out.logits)
-        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k_top]
-        for row, index in enumerate(indices):
-            e = int(out.exit_index[row])
-            top = [int(j) for j in order[row]]
-            preds[index] = Prediction(
-                path=str(paths[index]), class_index=top[0], label=str(classes[top[0]]),
-                confidence=float(probs[row, top[0]]), score=float(out.confidence[row]), exit_index=e, num_exits=K,
-                macs=costs[e], top_k=[{"label": str(classes[j]), "probability": float(probs[row, j])} for j in top],
-            )
+        top_i = np.argsort(-probs, axis=-1, kind="stable")[:, :k_top]
+        add_predictions(preds, indices, paths, classes, top_i, np.take_along_axis(probs, top_i, axis=-1),
+                        out.exit_index, out.confidence, costs, K)
     seconds = time.perf_counter() - start
-    predictions = [preds[i] for i in sorted(preds)]
-    error_list = [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]
-    summary = summarize(predictions, len(error_list), K, costs, backbone_macs, seconds)
-    summary.update(policy=policy.to_dict(), device="cpu", engine="onnxruntime", batch_size=batch_size,
-                   workers=workers, channels_last=False, layout="NCHW (ONNX Runtime picks its own inside)",
-                   threads=cascade.threads, model_seconds=model_seconds)
-    return PredictionReport(predictions, error_list, summary)
+    return build_report(preds, errors, paths, K, costs, backbone_macs, seconds, policy, device="cpu",
+                        engine="onnxruntime", batch_size=batch_size, workers=workers, channels_last=False,
+                        layout="NCHW (ONNX Runtime picks its own inside)", threads=cascade.threads,
+                        model_seconds=model_seconds)

@@ -42,7 +42,6 @@ from .macs import (
     default_handles,
     expected_cost,
     profile_macs,
-    run_cache_path,
     run_macs,
     sdpa_macs,
     structure_key,
@@ -53,6 +52,6 @@ __all__ = [
     "CascadeCosts", "CascadeTiming", "ExitCost", "ExpectedCost", "LatencyReport", "MacReport", "PieceCount", "Timing",
     "baddbmm_macs", "calibration_error", "cascade_costs", "classify_op", "count_macs", "count_piece",
     "default_handles", "expected_cost", "measure_cascade", "measure_latency", "plain_backbone",
-    "profile_macs", "run_cache_path", "run_macs", "run_to_exit", "sdpa_macs", "structure_key",
+    "profile_macs", "run_macs", "run_to_exit", "sdpa_macs", "structure_key",
     "compare_with_plain", "speed_sentence",
 ]

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import files
 from ..devices import torch_threads
 from ..errors import ScanError
+from ..policy import effective_costs
 
 UNITS = "MACs"
 CACHE_SCHEMA = 1  # bump when the cached report's meaning changes
@@ -409,14 +410,6 @@ def _write_cache(path: Path, report: MacReport) -> None:
         pass  # a read-only run folder still gets its numbers, just not cached
 
 
-def run_cache_path(run_dir: Path, input_size: int) -> Path:
-    """``run_dir/cache/macs-<artifact fingerprint>-<size>.json``."""
-    from ..artifact import artifact_fingerprint
-    from ..runs import CACHE_DIR, model_path
-
-    return Path(run_dir) / CACHE_DIR / f"macs-{artifact_fingerprint(model_path(run_dir))}-{int(input_size)}.json"
-
-
 def profile_macs(model, input_size: int, cache_path: Optional[Path] = None) -> MacReport:
     """``count_macs`` once per model structure and input size (in memory, and in ``cache_path``)."""
     if cache_path is not None:
@@ -433,19 +426,19 @@ def profile_macs(model, input_size: int, cache_path: Optional[Path] = None) -> M
     return report
 
 
-def run_macs(run_dir: Path, input_size: Optional[int] = None, model=None) -> MacReport:
-    """The MAC report of a run's artifact, cached in its ``cache/`` folder; loads the model only on a miss."""
-    from ..artifact import load, read_info
-    from ..runs import model_path
+def run_macs(run, input_size: Optional[int] = None, model=None) -> MacReport:
+    """The MAC report of a run's artifact (a ``runs.Run`` or its folder), cached in its ``cache/``
+    folder; loads the model only on a miss (once per command: the ``Run`` keeps it)."""
+    from ..runs import Run
 
-    run_dir = Path(run_dir)
-    size = int(input_size or read_info(model_path(run_dir)).input_size)
-    path = run_cache_path(run_dir, size)
+    run = Run.of(run)
+    size = int(input_size or run.info.input_size)
+    path = run.macs_cache(size)
     cached = _read_cache(path)
     if cached is not None:
         return cached
     if model is None:
-        model, _ = load(model_path(run_dir))
+        model, _ = run.load()
     return profile_macs(model, size, cache_path=path)
 
 
@@ -464,8 +457,10 @@ def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[P
     ``input_size``: the square input side; for a run folder, default the artifact's.
     ``cache_dir``: for a ``ScanModel``, a folder to cache in (keyed by the model's structure: MACs do
     not depend on weights). Counting takes about a second for a ResNet-50."""
-    if isinstance(model, (str, Path)):
-        report = run_macs(Path(model), input_size)
+    from ..runs import Run
+
+    if isinstance(model, (str, Path, Run)):
+        report = run_macs(model, input_size)
     else:
         if input_size is None:
             raise ScanError("cascade_costs needs input_size for a model (it is only implied by a run folder)")
@@ -485,10 +480,7 @@ class CascadeCosts(NamedTuple):
     def for_policy(self, thresholds, fallback: str = "last") -> list[float]:
         """Cumulative MACs per exit when the exits whose threshold is None/inf are switched off; with
         the ensemble fallback every head runs (its logits are needed for the mean)."""
-        from ..calibration.cascade import effective_costs
-
-        heads = None if fallback == "ensemble" else self.heads
-        return [float(c) for c in effective_costs(self.cumulative, heads, thresholds)]
+        return effective_costs(self.cumulative, self.heads, thresholds, fallback)
 
 
 
