@@ -50,7 +50,8 @@ def main() -> None:
     from scan_cli.model import HeadConfig, build_scan_model
     from scan_cli.training.recipes import Recipe
     from scan_cli.backbones.registry import default_registry
-    from scan_cli.training.loop import _freeze_backbone, scan_loss
+    from scan_cli.training.loop import _freeze_backbone
+    from scan_cli.training.loss import scan_loss
 
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="resnet18_cifar")

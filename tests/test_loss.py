@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scan_cli.training.recipes import Recipe
-from scan_cli.training.loop import kd_weight, scan_loss
+from scan_cli.training.loss import kd_weight, scan_loss
 
 Z_STUDENT = np.array([[2.0, 0.5, -1.0], [0.1, 0.3, 1.5]])
 Z_TEACHER = np.array([[0.5, 1.5, 0.0], [1.0, -0.5, 0.2]])

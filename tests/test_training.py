@@ -11,7 +11,9 @@ import torch
 
 from scan_cli.errors import ScanError
 from scan_cli.training.recipes import Recipe, load_recipe
-from scan_cli.training.loop import FitOptions, fit, lr_at, scan_loss
+from scan_cli.training.loop import FitOptions, fit
+from scan_cli.training.loss import scan_loss
+from scan_cli.training.schedule import lr_at
 
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 40, 220)]
 

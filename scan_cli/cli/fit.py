@@ -51,7 +51,8 @@ def fit_command(
     """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
     from ..errors import UsageError
     from ..training.recipes import load_recipe
-    from ..training.loop import FitOptions, fit, read_checkpoint_recipe
+    from ..training.checkpoints import read_checkpoint_recipe
+    from ..training.loop import FitOptions, fit
     from ._output import print_json
 
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,

@@ -2,7 +2,8 @@
 
 | module | job |
 |---|---|
-| `macs.py` | fvcore MAC counts per piece, the cumulative cost per exit, caching per artifact, expected cost |
+| `macs.py` | fvcore MAC counts per piece and the report: the cumulative cost per exit |
+| `costs.py` | the report cached per structure and per artifact, `CascadeCosts`, expected cost from a calibration |
 | `latency.py` | wall time per exit vs the plain backbone, and the real cascade on validation images |
 
 The names below are re-exported so callers write `profiling.cascade_costs(...)`. Neither module
@@ -22,6 +23,16 @@ from .latency import (
     run_to_exit,
     speed_sentence,
 )
+from .costs import (
+    CascadeCosts,
+    ExpectedCost,
+    calibration_error,
+    cascade_costs,
+    expected_cost,
+    profile_macs,
+    run_macs,
+    structure_key,
+)
 from .macs import (
     CACHE_SCHEMA,
     DATA_MOVEMENT_OPS,
@@ -29,22 +40,14 @@ from .macs import (
     NOTES,
     UNITS,
     ExitCost,
-    ExpectedCost,
     MacReport,
     PieceCount,
     baddbmm_macs,
-    calibration_error,
-    CascadeCosts,
-    cascade_costs,
     classify_op,
     count_macs,
     count_piece,
     default_handles,
-    expected_cost,
-    profile_macs,
-    run_macs,
     sdpa_macs,
-    structure_key,
 )
 
 __all__ = [

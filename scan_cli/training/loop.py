@@ -1,4 +1,4 @@
-"""Training the exits: the SCAN loss and a loop with checkpoints, exact resume, AMP and DDP.
+"""The training loop of `scan fit`: data, model, epochs with exact resume, AMP and DDP, the final run.
 
 Everything random in epoch ``e`` is seeded from ``seed + e`` (model noise, shuffling, worker
 augmentation), so resuming at an epoch boundary reproduces an uninterrupted run exactly on CPU.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -20,183 +19,23 @@ from typing import Optional
 from .. import files
 from ..data.loader import loader_length
 from ..errors import ScanError
-from .recipes import Recipe, loss_settings
-from ..runs import CHECKPOINT_FILE, MODEL_FILE, RECIPE_FILE
+from ..runs import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RECIPE_FILE
+from .checkpoints import check_resumable, load_checkpoint, read_checkpoint_recipe, save_checkpoint
+from .distributed import DistInfo, init_distributed, pick_device
+from .loss import scan_loss
+from .recipes import Recipe
+from .schedule import lr_at
 
 log = logging.getLogger("scan_cli")
 
 
 # ---------------------------------------------------------------------------------------------
-# loss
-# ---------------------------------------------------------------------------------------------
-def kd_weight(recipe: Recipe, progress: float) -> float:
-    """lambda at ``progress`` (fraction of training done): ramped up linearly over the first
-    ``kd_ramp`` of training, while the deepest exit is still a weak teacher."""
-    if not recipe.kd:
-        return 0.0
-    settings = loss_settings(recipe)
-    lam, ramp = settings["kd_lambda"], settings["kd_ramp"]
-    return lam * min(1.0, max(0.0, progress) / ramp) if ramp > 0 else lam
-
-
-def scan_loss(logits, features, labels, recipe: Recipe, progress: float = 1.0):
-    """L = w_K CE(z_K) + sum_{i<K} w_i [(1-l) CE(z_i) + l T^2 KL_T(t || z_i)] + h sum_{i<K} mse(f_i, f_K).
-
-    The teacher ``t`` is detached: the deepest exit's logits (the paper), or with
-    ``kd_teacher = "ensemble"`` the mean of every exit's logits, which then also teaches the
-    deepest exit (its term becomes (1-l) CE + l T^2 KL too). ``l`` is ``kd_weight`` at ``progress``,
-    ``w_i`` the exit weights and ``w_K`` ``last_weight``, ``h`` the hint weight (values the recipe
-    leaves unset come from the loss preset, ``recipes.loss_settings``). The feature hint is a mean
-    squared error, so it does not grow with the batch size as the paper's summed version does."""
-    import torch
-    import torch.nn.functional as F
-
-    settings = loss_settings(recipe, len(logits) - 1)
-    ce = lambda z: F.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)  # noqa: E731
-    lam = kd_weight(recipe, progress)
-    T = settings["temperature"]
-    ensemble = settings["kd_teacher"] == "ensemble"
-    teacher = (torch.stack(logits).mean(0) if ensemble else logits[-1]).detach()
-
-    def term(z):
-        out = (1 - lam) * ce(z)
-        if lam > 0:
-            # KL rather than the paper's soft cross-entropy: same gradient, without the teacher's
-            # entropy as a constant offset in the reported loss
-            kd = F.kl_div(F.log_softmax(z / T, dim=-1), F.log_softmax(teacher / T, dim=-1),
-                          reduction="batchmean", log_target=True)
-            out = out + lam * T * T * kd
-        return out
-
-    last = ce(logits[-1])
-    parts = {"ce_last": float(last.detach())}
-    total = settings["last_weight"] * (term(logits[-1]) if ensemble else last)
-    for w, z in zip(settings["exit_weights"], logits[:-1]):
-        total = total + w * term(z)
-    if recipe.feature_hint and features is not None and settings["hint_weight"] > 0:
-        target = features[-1].detach()
-        for f in features[:-1]:
-            if f.shape != target.shape:
-                raise ScanError(f"feature hint: an exit head gives {tuple(f.shape[1:])} features, the last exit "
-                                f"{tuple(target.shape[1:])}: set feature_hint = false in the recipe (--no-hint)")
-            total = total + settings["hint_weight"] * F.mse_loss(f, target)
-    return total, parts
-
-
-# ---------------------------------------------------------------------------------------------
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(requested: Optional[str], dist_info: DistInfo):
-    """The --device rule, plus one GPU per process under torchrun."""
-    import torch
-
-    from ..devices import keep_freed_memory, resolve_device
-
-    device = resolve_device(requested)
-    keep_freed_memory(device)  # training steps about 20 % faster on CPU
-    if device.type == "cuda" and dist_info.enabled:
-        return torch.device("cuda", dist_info.local_rank)
-    return device
-
-
-def lr_at(recipe: Recipe, epoch: int, step_fraction: float = 0.0) -> float:
-    """Learning rate for (fractional) epoch; a pure function, so resume needs no scheduler state."""
-    e = epoch + step_fraction
-    warmup = recipe.warmup_epochs or 0.0
-    if warmup and e < warmup:
-        return recipe.lr * max(e, 1e-3) / warmup
-    if recipe.schedule == "cosine":
-        span = max(1e-9, recipe.epochs - warmup)
-        return 0.5 * recipe.lr * (1 + math.cos(math.pi * (e - warmup) / span))
-    if recipe.schedule == "multistep":
-        return recipe.lr * recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
-    return recipe.lr
-
-
 def resolve_mode(recipe: Recipe, has_weights: bool) -> str:
     if recipe.mode != "auto":
         return recipe.mode
     return "heads" if (recipe.pretrained or has_weights) else "joint"
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model, optimizer, epoch: int, recipe: Recipe, history: list, extra: dict) -> None:
-    from safetensors.torch import save_file
-
-
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    layout = {}
-    for idx, st in opt_state["state"].items():
-        layout[str(idx)] = {}
-        for name, value in st.items():
-            if hasattr(value, "shape"):
-                tensors[f"opt.{idx}.{name}"] = value.detach().contiguous().clone()
-                layout[str(idx)][name] = "tensor"
-            else:
-                layout[str(idx)][name] = value
-    meta = {"epoch": str(epoch), "recipe": json.dumps(recipe.to_dict()), "history": json.dumps(history),
-            "opt_layout": json.dumps(layout), "opt_groups": json.dumps(opt_state["param_groups"]),
-            "extra": json.dumps(extra)}
-    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list, dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    layout = json.loads(meta["opt_layout"])
-    state = {}
-    for idx, entries in layout.items():
-        state[int(idx)] = {name: tensors[f"opt.{idx}.{name}"] if kind == "tensor" else kind
-                           for name, kind in entries.items()}
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["opt_groups"])})
-    return int(meta["epoch"]), json.loads(meta["history"]), json.loads(meta.get("extra", "{}"))
-
-
-def read_checkpoint_recipe(run_dir: Path) -> tuple[Recipe, dict]:
-    """The resolved recipe a run was trained with, and its extra metadata (backbone, recipe name)."""
-    from safetensors import safe_open
-
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    return Recipe(**json.loads(meta["recipe"])), json.loads(meta.get("extra", "{}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +77,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     torch.manual_seed(recipe.seed)
 
     if opts.resume:
-        _check_resumable(Path(opts.resume), recipe)
+        check_resumable(Path(opts.resume), recipe)
     registry = default_registry()
     spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)
@@ -395,7 +234,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
     artifact.save(model, info, run_dir / MODEL_FILE)
     files.atomic_write(run_dir / RECIPE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(recipe_doc, indent=2)))
-    files.atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    files.atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     mark_latest(run_dir)
     summary["model"] = str(run_dir / MODEL_FILE)
     return summary
@@ -507,30 +346,6 @@ def _amp_dtype(amp: str, device):
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-def checkpoint_epoch(run_dir: Path) -> int:
-    """Epochs done according to the run's checkpoint (its header only)."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(run_dir) / CHECKPOINT_FILE), framework="pt") as f:
-        return int(f.metadata()["epoch"])
-
-
-def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
-    """A finished run is left untouched; extending one drops its calibration (new weights)."""
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
-    done = checkpoint_epoch(run_dir)
-    if done >= recipe.epochs and not (run_dir / MODEL_FILE).is_file():
-        log.info(f"{run_dir} finished training ({done} epochs) but its model was not written: writing it")
-        return
-    if done >= recipe.epochs:
-        raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
-                        f"to train it longer, pass --epochs N with N > {done}")
-    if (run_dir / MODEL_FILE).is_file():
-        log.warning(f"{run_dir} is extended from {done} to {recipe.epochs} epochs: its model and any calibration "
-                    "are replaced at the end (run 'scan calibrate' again)")
 
 
 def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) -> tuple[Path, bool]:

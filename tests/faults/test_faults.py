@@ -142,7 +142,7 @@ def test_fit_killed_at_a_random_step_then_resumed_equals_an_uninterrupted_run(da
 def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_file_loadable(run, tmp_path, name):
     from scan_cli.artifact import read_info
     from scan_cli.files import atomic_write
-    from scan_cli.training.loop import checkpoint_epoch
+    from scan_cli.training.checkpoints import checkpoint_epoch
 
     target = run / name
     before = target.read_bytes()
@@ -199,7 +199,7 @@ def assert_one_interrupted_line(code: int, err: str) -> str:
 
 @pytest.mark.parametrize("where", ["training", "writing the model"])
 def test_ctrl_c_in_fit(data, tmp_path, where):
-    from scan_cli.training.loop import checkpoint_epoch
+    from scan_cli.training.checkpoints import checkpoint_epoch
 
     out = tmp_path / "fit"
     fault = ({"at": "train_step", "nth": STEPS_PER_EPOCH + 2} if where == "training"
@@ -290,7 +290,7 @@ def test_disk_full_while_calibrate_saves(run_cli, run, monkeypatch):
 def test_disk_full_while_fit_saves_a_checkpoint(run_cli, data, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from scan_cli.training.loop import checkpoint_epoch
+    from scan_cli.training.checkpoints import checkpoint_epoch
 
     real, calls = safetensors.torch.save_file, [0]
 
