@@ -141,13 +141,18 @@ def save(model, info: ArtifactInfo, path: Path) -> None:
 def read_info(path: Path) -> ArtifactInfo:
     """Read only the metadata (fast: the JSON header, not the tensors; imports no torch)."""
     path = Path(path)
+    header, _ = _checked_header(path)
+    return ArtifactInfo.from_metadata(header.get("__metadata__") or {}, path)
+
+
+def _checked_header(path: Path) -> tuple[dict, int]:
+    """``_read_header`` with one-line errors for a missing or unreadable file."""
     if not path.is_file():
         raise ScanError(f"no model at {path}: run 'scan fit' first or pass --run DIR")
     try:
-        header, _ = _read_header(path)
+        return _read_header(path)
     except (OSError, ValueError) as exc:
         raise ScanError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]}): re-run 'scan fit'") from None
-    return ArtifactInfo.from_metadata(header.get("__metadata__") or {}, path)
 
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # what safetensors itself refuses
@@ -179,12 +184,12 @@ def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
     import struct
 
     path = Path(path)
-    info = read_info(path)
+    header, start = _checked_header(path)  # read right before the rewrite: nothing written meanwhile is lost
+    info = ArtifactInfo.from_metadata(header.get("__metadata__") or {}, path)
     for key, value in fields.items():
         if key not in OPTIONAL_KEYS:
             raise KeyError(key)
         setattr(info, key, value)
-    header, start = _read_header(path)
     header["__metadata__"] = info.to_metadata()
     data = json.dumps(header, separators=(",", ":")).encode()
     data += b" " * (-len(data) % 8)  # keep the tensor bytes 8-byte aligned, as safetensors writes them
@@ -200,8 +205,9 @@ def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
     return info
 
 
-def load(path: Path, registry=None, device="cpu"):
+def load(path: Path, registry=None, device="cpu", info: Optional[ArtifactInfo] = None):
     """Rebuild the model from its backbone provider and load the tensors. Returns (model, info).
+    ``info``: the header already read (``runs.Run`` reads it once per command).
 
     Refuses (naming the provider and the package version it was trained with) when the backbone no
     longer has the model's exits or gives other shapes there; warns when the provider now declares
@@ -214,7 +220,7 @@ def load(path: Path, registry=None, device="cpu"):
     from .backbones.registry import default_registry, provider_label
 
     path = Path(path)
-    info = read_info(path)
+    info = info if info is not None else read_info(path)
     registry = registry or default_registry()
     spec = registry.require(info.backbone_id, provider=info.provider, distribution=info.provider_distribution,
                             version=info.provider_version, needed_by=str(path))

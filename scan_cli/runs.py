@@ -175,10 +175,8 @@ class Run:
         if key not in self._models:
             from .artifact import load
 
-            model, info = load(self.model_file, device=device)
+            model, _ = load(self.model_file, device=device, info=self.info)
             self._models[key] = model
-            if self._info is None:
-                self._info = info
         return self._models[key], self.info
 
     # -- caches: every name built here ----------------------------------------------------------------

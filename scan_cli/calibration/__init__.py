@@ -1,16 +1,9 @@
-"""Calibration: per-exit thresholds from cached exit outputs, and running it for a run folder.
+"""Calibration: per-exit thresholds searched on a run's validation outputs so that the cascade keeps
+an accuracy promise at the least cost, and evaluating that promise on held-out data.
 
-| module | job |
-|---|---|
-| `cascade.py` | `CascadeData` (scores, correctness, costs) and routing images through thresholds |
-| `search.py` | the exact accuracy-vs-cost Pareto front, its gridded variant, local polish |
-| `guarantee.py` | `--confidence`: Pareto Testing with Learn-then-Test binomial tests |
-| `choose.py` | `calibrate`: one operating point for --target-acc / --max-drop / --budget |
-| `plot.py` | the accuracy-cost plot (`--plot`) |
-| `run.py` | `calibrate_run` / `evaluate_run`: a run folder -> exit outputs -> thresholds -> artifact |
-
-Everything but `run.py` is pure numpy (no torch, no printing); importing this package imports
-no torch (`run.py` imports it inside its functions and is not imported here).
+The modules are listed in docs/ARCHITECTURE.md. Everything but `run.py` is pure numpy (no torch,
+no printing); importing this package imports no torch (`run.py` imports it inside its functions and
+is not imported here).
 """
 
 from __future__ import annotations

@@ -37,10 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Results go to stdout (a table, or JSON with --json); progress and warnings go to stderr."""
 
 
-app.add_typer(backbones.app, name="backbones")
-app.command("plugins")(plugins.plugins_command)
-
-for _command in (fit, calibrate, profile, predict, export):
+for _command in (fit, calibrate, profile, predict, export, backbones, plugins):  # each module registers itself
     _command.register(app)
 
 

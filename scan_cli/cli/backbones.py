@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
+from ._options import JSON
+
 app = typer.Typer(help="List, inspect and check backbones.", no_args_is_help=False)
-JSON = typer.Option(False, "--json", help="Print one JSON document.")
 
 
 @app.callback(invoke_without_command=True)
@@ -70,3 +71,7 @@ def check(backbone_id: str = typer.Argument(..., metavar="ID"), as_json: bool = 
             console.print(f"{'[green]ok[/green]  ' if c.ok else '[red]FAIL[/red]'} {c.name}: {c.detail}", highlight=False)
     if not ok:
         raise typer.Exit(1)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="backbones")

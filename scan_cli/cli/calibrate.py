@@ -7,14 +7,12 @@ from typing import Optional
 
 import typer
 
+from ._options import DEVICE, JSON, RUN
+
 
 def register(app: typer.Typer) -> None:
     app.command("calibrate")(calibrate_command)
     app.command("evaluate")(evaluate_command)
-
-
-RUN = typer.Option(None, "--run", help="Run folder (default: runs/latest).")
-JSON = typer.Option(False, "--json", help="Print one JSON document.")
 
 
 def calibrate_command(
@@ -27,7 +25,7 @@ def calibrate_command(
     split: str = typer.Option("val", "--split", help="Only 'val' is accepted: the test split must stay unseen."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the accuracy-cost curve to this PNG."),
     run: Optional[str] = RUN,
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda | cuda:N, for outputs not cached yet."),
+    device: str = DEVICE,
     dry_run: bool = typer.Option(False, "--dry-run", help="Search and report, but do not write the thresholds."),
     as_json: bool = JSON,
 ):
@@ -93,7 +91,7 @@ def evaluate_command(
     run: Optional[str] = RUN,
     split: str = typer.Option("test", "--split", help="test (default) | val | train | all"),
     data: Optional[str] = typer.Option(None, "--data", help="Other labelled data with the model's classes."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available) | cpu | cuda | cuda:N, for outputs not cached yet."),
+    device: str = DEVICE,
     as_json: bool = JSON,
 ):
     """Accuracy of every exit, the ensemble and the calibrated cascade on held-out data."""

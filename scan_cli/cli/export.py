@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from ._options import JSON, RUN
+
 HELP = """Export a run's cascade to ONNX for deployment: one graph per piece (stem + section 1 + exit 1,
 then each section with its exit, the last with the backbone's head), each taking the previous
 piece's features and returning the next features and its exit's logits, with a dynamic batch axis;
@@ -22,13 +24,13 @@ Run the export with `scan predict --run OUT` (ONNX Runtime), or with the loop in
 
 
 def export_command(
-    run: Optional[str] = typer.Option(None, "--run", help="Run folder (or its model.safetensors); default: runs/latest."),
+    run: Optional[str] = RUN,
     fmt: str = typer.Option("onnx", "--format", help="onnx (one graph per piece) or onnx-full (also full.onnx with every exit)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write (new, empty, or an earlier export, which is replaced); default: RUN/onnx."),
     all_exits: bool = typer.Option(False, "--all-exits", help="Keep the heads of exits that never fire (to use other thresholds later)."),
     plain: bool = typer.Option(False, "--plain", help="Also write plain.onnx: the backbone alone, for comparisons."),
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or newer)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON document."),
+    as_json: bool = JSON,
 ):
     from ..errors import UsageError
     from ..inference.export import FORMATS, export_run

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ._options import DEVICE, JSON
+
 
 def register(app: typer.Typer) -> None:
     app.command("fit")(fit_command)
@@ -40,13 +42,13 @@ def fit_command(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Share of training data held out for validation when the data has no validation split."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    device: str = DEVICE,
     amp: Optional[str] = typer.Option(None, "--amp", help="auto | bf16 | fp16 | off (CUDA only)."),
     image_column: Optional[str] = typer.Option(None, "--image-column"),
     label_column: Optional[str] = typer.Option(None, "--label-column"),
     streaming: bool = typer.Option(False, "--streaming", help="Stream a hub dataset instead of downloading it."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as JSON and exit."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
+    as_json: bool = JSON,
 ):
     """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
     from ..errors import UsageError
@@ -121,13 +123,13 @@ def _refuse_changes_on_resume(recipe, extra: dict, given: dict) -> None:
 
 def _resolved_for_print(recipe, backbone: str, has_weights: bool) -> dict:
     """The recipe as fit will run it (image size from the backbone's declared input size)."""
-    from ..training.recipes import resolve
     from ..backbones.registry import default_registry
     from ..training.loop import resolve_mode
+    from ..training.recipes import image_size, resolve
 
     spec = default_registry().get(backbone)
     shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
-    return resolve(recipe, img_size=recipe.img_size or spec.input_size, mode=resolve_mode(recipe, has_weights),
+    return resolve(recipe, img_size=image_size(recipe, spec), mode=resolve_mode(recipe, has_weights),
                    num_shallow=shallow).to_dict()
 
 

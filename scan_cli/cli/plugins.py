@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from ._options import JSON
 
-def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")):
+
+def plugins_command(as_json: bool = JSON):
     """List backbone providers (built-in and installed plugins) and their status.
 
     SCAN_DISABLE_PLUGINS=a,b disables providers by name; SCAN_PLUGINS=a,b loads only those named."""
@@ -38,3 +40,7 @@ def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print on
     for var in (ENV_DISABLE, ENV_ALLOW, ENV_STRICT):
         if os.environ.get(var):
             console.print(f"{var}={os.environ[var]}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins_command)

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from ._options import DEVICE, JSON, RUN
+
 HELP = """Predict image files with real early exit: each image leaves the network at the first exit
 that is confident enough, so easy images cost a fraction of the full backbone.
 
@@ -32,7 +34,7 @@ least one was predicted; 1 no image could be read, or an error (e.g. nothing mat
 
 def predict_command(
     inputs: List[str] = typer.Argument(..., metavar="INPUTS", help="Image files, folders or glob patterns."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run folder (or its model.safetensors); default: runs/latest."),
+    run: Optional[str] = RUN,
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Calibrate for this validation accuracy (fraction, e.g. 0.95) for this call only; not saved."),
     thresholds: Optional[str] = typer.Option(None, "--thresholds", help="One threshold per shallow exit (K-1 values), e.g. 0.9,0.8,0.95; 'none' or 'inf' = never exit there."),
     score: Optional[str] = typer.Option(None, "--score", help="Confidence score: max_softmax, margin or neg_entropy (default: the calibration's)."),
@@ -40,9 +42,9 @@ def predict_command(
     top_k: int = typer.Option(1, "--top-k", min=1, help="Also report the K most likely labels with their probabilities."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: min(4, CPUs - 1); 0, a background thread, when all images fit in one batch or on 2 CPUs or fewer)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
+    device: str = DEVICE,
     channels_last: str = typer.Option("auto", "--channels-last", help="NHWC memory layout: auto (on except for ViTs), on or off."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
+    as_json: bool = JSON,
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),

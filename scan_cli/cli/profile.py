@@ -6,17 +6,19 @@ from typing import Optional
 
 import typer
 
+from ._options import DEVICE, JSON, RUN
+
 
 def profile_command(
     backbone_id: Optional[str] = typer.Argument(None, metavar="[BACKBONE_ID]",
                                                 help="Profile a bare backbone (random weights) instead of a run."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run folder (default: the latest run)."),
+    run: Optional[str] = RUN,
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels (default: the run's or the backbone's)."),
     heads: str = typer.Option("slim", "--heads", help="Exit-head preset for a bare backbone: slim or paper."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    as_json: bool = JSON,
     flops: bool = typer.Option(False, "--flops", help="Also show GFLOPs (= 2 x MACs)."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Count MACs only; measure nothing."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
+    device: str = DEVICE,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads while timing (default: torch's current)."),
     batch_size: int = typer.Option(32, "--batch-size", help="The larger batch size timed (batch 1 is always timed)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed rounds before timing (a round runs every exit and the plain model once)."),

@@ -4,19 +4,7 @@
 datasets whose items are `(image_tensor [3, H, W] float, label int)`; every command calls it,
 directly or through `splits.run_data` (a run's data again, split as it was when it trained).
 
-| module | job |
-|---|---|
-| `factory.py` | `load_data`: picks the source for a `--data` value |
-| `digits.py` | scikit-learn's digits, fixed 1079 / 359 / 359 split |
-| `folder.py` | image folders, flat or `train/ val/ test/` |
-| `hf.py` | `datasets` sources: saved datasets, parquet/arrow, map-style and streamed |
-| `hub.py` | Hub ids and aliases, paths vs ids, failing fast offline |
-| `holdout.py` | the hold-out rules: which examples become validation (map-style and streamed) |
-| `splits.py` | a run's data again: train / val / test from what the run recorded |
-| `dataset.py` | `DataSplits` (what a source returns), map-style datasets that survive undecodable images |
-| `streaming.py` | `StreamingImages` (torch IterableDataset over a streamed `datasets` split) |
-| `transforms.py` | timm data config -> eval and training transforms |
-| `loader.py` | `make_loader` (seeded, DDP-aware), preloaded validation batches |
+The modules are listed in docs/ARCHITECTURE.md.
 
 Nothing in this package imports torch, timm, datasets or scikit-learn at module level, and this
 `__init__` imports no submodule until one of the names below is used (PEP 562), so `scan --help`

@@ -1,11 +1,5 @@
 """Profiling: what an exit costs, counted (`macs.py`) and measured (`latency.py`).
 
-| module | job |
-|---|---|
-| `macs.py` | fvcore MAC counts per piece and the report: the cumulative cost per exit |
-| `costs.py` | the report cached per structure and per artifact, `CascadeCosts`, expected cost from a calibration |
-| `latency.py` | wall time per exit vs the plain backbone, and the real cascade on validation images |
-
 The names below are re-exported so callers write `profiling.cascade_costs(...)`. Neither module
 imports torch or fvcore at module level.
 """

@@ -23,7 +23,7 @@ from ..runs import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RECIPE_FILE
 from .checkpoints import check_resumable, load_checkpoint, read_checkpoint_recipe, save_checkpoint
 from .distributed import DistInfo, init_distributed, pick_device
 from .loss import scan_loss
-from .recipes import Recipe
+from .recipes import Recipe, image_size
 from .schedule import lr_at
 
 log = logging.getLogger("scan_cli")
@@ -83,8 +83,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     mode = resolve_mode(recipe, opts.weights is not None)
 
     # data first: bad data must fail before anything is written
-    data_config = _data_config(spec, recipe)
-    img_size = int(data_config["input_size"][-1])
+    img_size = image_size(recipe, spec)
+    data_config = _data_config(spec, img_size)
     num_shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
     recipe = resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
     splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
@@ -269,11 +269,10 @@ def _provenance(registry, spec) -> dict:
     return {"provider": spec.provider, "distribution": status.distribution, "version": status.version}
 
 
-def _data_config(spec, recipe: Recipe) -> dict:
-    """The backbone's own preprocessing (timm data config), with --img-size applied."""
+def _data_config(spec, img_size: int) -> dict:
+    """The backbone's own preprocessing (timm data config) at the run's image size."""
     cfg = dict(spec.build(num_classes=None, pretrained=False).data_config)
-    if recipe.img_size:
-        cfg["input_size"] = [3, int(recipe.img_size), int(recipe.img_size)]
+    cfg["input_size"] = [3, img_size, img_size]
     return cfg
 
 

@@ -153,6 +153,12 @@ def base_lr_per_256(recipe: Recipe, mode: str) -> float:
     return 0.1 if mode == "heads" else 0.4
 
 
+def image_size(recipe: "Recipe", spec) -> int:
+    """The one image-size rule: the side a run trains and predicts at is --img-size (the recipe's
+    ``img_size``), else the backbone's declared input size (checked against a real forward at build)."""
+    return int(recipe.img_size or spec.input_size)
+
+
 def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, num_shallow: int = 3) -> Recipe:
     """Fill every "auto"/None training value from the image size, data, batch size and mode.
 
