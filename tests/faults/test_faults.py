@@ -67,6 +67,31 @@ def scan(tmp: Path, *args, fault: dict | None = None) -> subprocess.Popen:
                             preexec_fn=default_signals)
 
 
+def ignored(pid: int, sig: signal.Signals) -> str | None:
+    """Why process `pid` cannot receive `sig` (it ignores it: SIG_IGN, not caught), or None. Linux's
+    /proc only; elsewhere None (nothing checked)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    if int(fields["SigIgn"], 16) & 1 << (sig - 1):
+        return (f"process {pid} ignores {sig.name} (SigIgn {fields['SigIgn'].strip()}): it was started with "
+                f"{sig.name} ignored, as a background job of a non-interactive shell starts its commands, and a "
+                f"Python started so never installs its KeyboardInterrupt handler")
+    return None
+
+
+def send(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """`sig` to the process group, failing at once if the process would ignore it (instead of waiting
+    TIMEOUT for a reaction that cannot come)."""
+    why = ignored(proc.pid, sig)
+    if why:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(why)
+    os.killpg(proc.pid, sig)
+
+
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
@@ -196,7 +221,7 @@ def ctrl_c(tmp_path, fault: dict, *args) -> tuple[int, str, str]:
     marker = tmp_path / "reached"
     proc = scan(tmp_path, *args, fault=dict(fault, action="pause", marker=str(marker)))
     wait_for(marker, proc)
-    os.killpg(proc.pid, signal.SIGINT)
+    send(proc, signal.SIGINT)
     return finish(proc)
 
 
@@ -266,6 +291,21 @@ def ignore_signals() -> None:
     """As a background job of a non-interactive shell starts its commands."""
     for sig in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_signal_check_finds_a_child_that_ignores_sigint():
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    deaf = subprocess.Popen(sleep, preexec_fn=ignore_signals)
+    # started from a parent that ignores both: default_signals gives the child back its defaults
+    hearing = subprocess.Popen(sleep, preexec_fn=lambda: (ignore_signals(), default_signals()))
+    try:
+        assert "ignores SIGINT" in (ignored(deaf.pid, signal.SIGINT) or "")
+        assert ignored(hearing.pid, signal.SIGINT) is None and ignored(hearing.pid, signal.SIGQUIT) is None
+    finally:
+        for proc in (deaf, hearing):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow
