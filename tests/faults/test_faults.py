@@ -6,7 +6,8 @@
   loadable; the next write clears the dead process's temporary file.
 * SIGKILL while `calibrate` writes its thresholds: the previous thresholds stay.
 * SIGINT (Ctrl-C, sent to the whole process group as a terminal does) in fit, calibrate,
-  evaluate, profile and predict: one line on stderr, exit code 130, nothing half-written.
+  evaluate, profile and predict: one line on stderr, exit code 130, nothing half-written. The
+  commands start with SIGINT at its default even where pytest was started with it ignored.
 * A full disk while saving: a one-line error that names the file, the previous file intact.
 
 The commands run as subprocesses of `fault_runner.py`, which injects the fault at a named point
@@ -47,12 +48,48 @@ def env(tmp: Path, **extra) -> dict:
                 HF_DATASETS_OFFLINE="1", SCAN_RUNS_DIR=str(tmp / "runs"), **extra)
 
 
+def default_signals() -> None:
+    """Runs in the child before exec: SIGINT and SIGQUIT at their defaults, whatever this process's.
+    A background job of a non-interactive shell (`./run-tests.sh &`) starts with both ignored, and a
+    Python started with SIGINT ignored never installs its KeyboardInterrupt handler: the Ctrl-C tests
+    would test the caller's shell, not `scan`."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGQUIT})
+
+
 def scan(tmp: Path, *args, fault: dict | None = None) -> subprocess.Popen:
     """`scan ARGS` in a new process group (so that SIGINT reaches it as Ctrl-C reaches a terminal's)."""
     cmd = [sys.executable, str(RUNNER)] if fault else [sys.executable, "-m", "scan_cli"]
     extra = {"SCAN_FAULT": json.dumps(fault)} if fault else {}
     return subprocess.Popen(cmd + [str(a) for a in args], env=env(tmp, **extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_signals)
+
+
+def ignored(pid: int, sig: signal.Signals) -> str | None:
+    """Why process `pid` cannot receive `sig` (it ignores it: SIG_IGN, not caught), or None. Linux's
+    /proc only; elsewhere None (nothing checked)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    if int(fields["SigIgn"], 16) & 1 << (sig - 1):
+        return (f"process {pid} ignores {sig.name} (SigIgn {fields['SigIgn'].strip()}): it was started with "
+                f"{sig.name} ignored, as a background job of a non-interactive shell starts its commands, and a "
+                f"Python started so never installs its KeyboardInterrupt handler")
+    return None
+
+
+def send(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """`sig` to the process group, failing at once if the process would ignore it (instead of waiting
+    TIMEOUT for a reaction that cannot come)."""
+    why = ignored(proc.pid, sig)
+    if why:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(why)
+    os.killpg(proc.pid, sig)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -185,7 +222,7 @@ def ctrl_c(tmp_path, fault: dict, *args) -> tuple[int, str, str]:
     marker = tmp_path / "reached"
     proc = scan(tmp_path, *args, fault=dict(fault, action="pause", marker=str(marker)))
     wait_for(marker, proc)
-    os.killpg(proc.pid, signal.SIGINT)
+    send(proc, signal.SIGINT)
     return finish(proc)
 
 
@@ -249,6 +286,37 @@ def test_ctrl_c_in_predict(run, data, tmp_path, workers):
                             "--batch-size", "2", "--workers", workers, "--csv", target)
     assert_one_interrupted_line(code, err)
     assert target.read_text() == "path,label\nold,row\n" and temporaries(target.parent, run) == []
+
+
+def ignore_signals() -> None:
+    """As a background job of a non-interactive shell starts its commands."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_signal_check_finds_a_child_that_ignores_sigint():
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    deaf = subprocess.Popen(sleep, preexec_fn=ignore_signals)
+    # started from a parent that ignores both: default_signals gives the child back its defaults
+    hearing = subprocess.Popen(sleep, preexec_fn=lambda: (ignore_signals(), default_signals()))
+    try:
+        assert "ignores SIGINT" in (ignored(deaf.pid, signal.SIGINT) or "")
+        assert ignored(hearing.pid, signal.SIGINT) is None and ignored(hearing.pid, signal.SIGQUIT) is None
+    finally:
+        for proc in (deaf, hearing):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_test_passes_when_pytest_starts_with_sigint_ignored(tmp_path):
+    """As `./run-tests.sh &` from a script starts pytest: SIGINT and SIGQUIT ignored."""
+    inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}",
+                            f"{__file__}::test_ctrl_c_in_fit[training]"], cwd=HERE.parent.parent,
+                           preexec_fn=ignore_signals, capture_output=True, text=True)
+    last = inner.stdout.splitlines()[-1] if inner.stdout else ""
+    assert inner.returncode == 0 and last.startswith("1 passed"), inner.stdout[-3000:] + inner.stderr[-2000:]
 
 
 # -- a full disk ----------------------------------------------------------------------------------------
