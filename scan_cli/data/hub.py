@@ -4,7 +4,8 @@ A short name ('imagenet', 'cifar10', 'cifar100', 'mnist', 'fashion-mnist': DATAS
 local path that clearly is a path (starts with `.`, `/` or `~`, has two or more `/`, a file suffix
 or a backslash) is reported as such instead of being looked up on the Hub. Without a reachable Hub
 (HF_HUB_OFFLINE=1, or a 3-second connection probe fails) a dataset is only taken from the local
-cache, and a missing one fails at once with one line instead of five retries. What the Hub returns
+cache, and a missing one fails at once with one line instead of five retries; `check_hub` gives
+that line without importing `datasets` (for `scan fit`'s checks before torch). What the Hub returns
 is a `datasets` source (see `hf.py`).
 """
 
