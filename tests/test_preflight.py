@@ -146,3 +146,23 @@ def test_check_folder_passes_a_good_folder_and_the_imagenet_layout(tmp_path):
     (tmp_path / "train" / "c").mkdir()
     with pytest.raises(ScanError, match="'c'"):
         check_folder(Path(tmp_path))
+
+
+def test_pretrained_weights_need_the_cache_or_a_reachable_hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from scan_cli.backbones.registry import default_registry
+    from scan_cli.data import hub
+    from scan_cli.training.preflight import check_pretrained
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = default_registry().get("resnet50")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ScanError, match="not cached and HF_HUB_OFFLINE=1"):
+        check_pretrained(spec)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ScanError, match="unreachable.*--weights FILE"):
+        check_pretrained(spec)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: True)
+    check_pretrained(spec)  # the download itself is the run's

@@ -57,14 +57,22 @@ def check_backbone(backbone: str, splits=None):
 
 
 def check_pretrained(spec) -> None:
-    """Offline (HF_HUB_OFFLINE=1) with timm weights that are surely not cached: the run's message
-    (`loop._check_hub_reachable`), without importing timm."""
-    if spec.provider != "timm" or os.environ.get("HF_HUB_OFFLINE") != "1":
+    """timm weights that are surely not cached, offline (HF_HUB_OFFLINE=1: the run's message,
+    `loop._check_hub_reachable`) or with the Hub unreachable (instead of download retries); without
+    importing timm. Other providers give their own error when building (issue 12)."""
+    if spec.provider != "timm":
         return
     from ..backbones.timm_families import pretrained_cached
 
-    if pretrained_cached(spec.id) is False:
+    if pretrained_cached(spec.id) is not False:
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise weights_not_cached(spec.id)
+    from ..data.hub import _hub_reachable
+
+    if not _hub_reachable():
+        raise ScanError(f"could not get pretrained weights for {spec.id} (the Hugging Face Hub is unreachable and "
+                        "they are not cached): check the network, or pass --weights FILE")
 
 
 def weights_not_cached(model_id: str) -> ScanError:
