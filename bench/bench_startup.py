@@ -5,7 +5,8 @@
 Times, each as the median of --repeats fresh processes: `scan --help` (goal < 0.5 s), a misspelled
 backbone in `scan fit` (< 1.5 s, after timm's model list was recorded once), a bad flag value
 (< 1.5 s), and `scan calibrate` on a run whose exit outputs and MACs are cached (< 3 s; the run is a
-1-epoch digits run trained here first, and calibrated once to fill its caches).
+1-epoch digits run trained here first, and calibrated once to fill its caches); and issue 24's first
+mistakes in `scan fit` (each < 1.5 s: answered before torch or timm is imported).
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from pathlib import Path
 
 GOALS = {"scan --help": 0.5, "unknown backbone (scan fit resnet5O)": 1.5, "bad flag (scan fit resnet18 --lr -1)": 1.5,
          "scan calibrate on a cached run": 3.0}
+# issue 24: a user's first mistakes in `scan fit`, answered before torch or timm is imported
+FIRST_MISTAKES = {
+    "missing folder (fit resnet50 --data /nonexistent/folder)": ["resnet50", "--data", "/nonexistent/folder"],
+    "imagenet not cached, offline (fit resnet50 --data imagenet)": ["resnet50", "--data", "imagenet"],
+    "cifar10 offline (fit test_resnet --data cifar10)": ["test_resnet", "--data", "cifar10"],
+    "empty folder (fit test_resnet --data EMPTY)": ["test_resnet", "--data", "{empty}"],
+    "bad split (fit test_resnet --data digits --splits bogus)": ["test_resnet", "--data", "digits", "--splits", "bogus"],
+    "weights not cached, offline (fit resnet50 --pretrained)": ["resnet50", "--pretrained", "--data", "digits"],
+}
+GOALS.update({name: 1.5 for name in FIRST_MISTAKES})
 
 
 def _time(cmd, env, repeats: int) -> tuple[float, float, int]:
@@ -35,7 +46,10 @@ def _time(cmd, env, repeats: int) -> tuple[float, float, int]:
 def run(repeats: int = 5, work: Path | None = None) -> list[str]:
     work = Path(work or tempfile.mkdtemp(prefix="scan-startup-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, SCAN_RUNS_DIR=str(work / "runs"), SCAN_CACHE_DIR=str(work / "cache"), HF_HUB_OFFLINE="1")
+    hf = work / "hf-empty"  # "not cached" rows: empty Hugging Face caches
+    env = dict(os.environ, SCAN_RUNS_DIR=str(work / "runs"), SCAN_CACHE_DIR=str(work / "cache"), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", HF_HOME=str(hf), HF_HUB_CACHE=str(hf / "hub"), HF_DATASETS_CACHE=str(hf / "datasets"))
+    (work / "empty").mkdir(exist_ok=True)
     scan = [sys.executable, "-m", "scan_cli"]
     run_dir = work / "digits-run"
     if not (run_dir / "model.safetensors").is_file():
@@ -48,6 +62,8 @@ def run(repeats: int = 5, work: Path | None = None) -> list[str]:
              "unknown backbone (scan fit resnet5O)": scan + ["fit", "resnet5O"],
              "bad flag (scan fit resnet18 --lr -1)": scan + ["fit", "resnet18", "--lr", "-1"],
              "scan calibrate on a cached run": calibrate}
+    cases.update({name: scan + ["fit"] + [a.replace("{empty}", str(work / "empty")) for a in args]
+                  for name, args in FIRST_MISTAKES.items()})
     lines = [f"Median (max) wall time of {repeats} fresh processes each; `python -m scan_cli` = the `scan` command.", "",
              "| command | median s | max s | exit code | goal | met |", "|---|---:|---:|---:|---:|---|"]
     for name, cmd in cases.items():

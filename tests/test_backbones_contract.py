@@ -32,6 +32,7 @@ def test_every_declared_backbone_matches_timm_shapes_on_meta_device():
             staged = spec.build(pretrained=False)
         got = derive_split_points(staged, spec.input_size, [s.module for s in spec.split_points], device="meta")
         assert tuple(got) == spec.split_points, spec.id
+        assert spec.unit_names == tuple(staged.unit_names), spec.id  # what `scan fit` checks --splits against
 
 
 def test_check_catches_a_wrong_declaration():

@@ -57,6 +57,10 @@ class BackboneSpec:
     description: str = ""
     input_size: int = 224  # the square input side (an int, e.g. 224) the split points are declared at
     provider: str = ""  # filled in by the registry
+    # optional: every unit of the built backbone (its unit_names, in order), when known without
+    # building it; lets `scan fit` refuse a wrong --splits before torch is imported. Checked
+    # against the built backbone whenever a model is built.
+    unit_names: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -120,6 +124,15 @@ def validate_spec(spec: BackboneSpec) -> None:
                              f"(its reduction {sp.reduction} is below the previous {last_reduction})")
         seen.add(sp.module)
         last_reduction = sp.reduction
+    units = spec.unit_names
+    if units:
+        if not isinstance(units, (tuple, list)) or not all(isinstance(u, str) and u for u in units) \
+                or len(set(units)) != len(units):
+            raise ValueError(f"{spec.id}: unit_names must be distinct non-empty strings, got {units!r}")
+        wrong = [sp.module for sp in spec.split_points if sp.module not in units[:-1]]
+        if wrong:
+            raise ValueError(f"{spec.id}: split point(s) {', '.join(wrong)} are not among unit_names "
+                             f"before the last unit ({', '.join(units)})")
 
 
 def default_splits(unit_names: list[str], unit_depths: Optional[list[int]] = None,

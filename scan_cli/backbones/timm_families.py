@@ -8,6 +8,7 @@ model of a supported family is resolved on demand from a dry-run forward.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from .. import files
 from .contract import BackboneSpec, Provider, SplitPoint
@@ -56,6 +57,18 @@ DECLARED = {
     "test_vit": ("vit", 160, [("blocks.0", 64, 16), ("blocks.2", 64, 16), ("blocks.3", 64, 16)]),
 }
 
+# units per model (the adapter's unit_names): the family's count unless listed in UNIT_COUNTS
+FAMILY_UNIT_COUNT = {"resnet": 4, "regnet": 4, "convnext": 4, "efficientnet": 7, "vit": 12}
+UNIT_COUNTS = {"mobilenetv3_small_100": 6, "test_efficientnet": 5, "test_vit": 6}
+
+
+def family_units(family: str, count: int) -> list[str]:
+    """The unit names of a timm model of ``family`` with ``count`` units, as the adapter runs them."""
+    if family in ("resnet", "regnet"):
+        return [f"{'layer' if family == 'resnet' else 's'}{i}" for i in range(1, count + 1)]
+    prefix = {"efficientnet": "blocks", "convnext": "stages", "vit": "blocks"}[family]
+    return [f"{prefix}.{i}" for i in range(count)]
+
 
 def _adapter_class():
     """Build the adapter class on first use (it subclasses torch.nn.Module)."""
@@ -70,19 +83,19 @@ def _adapter_class():
             self.family = family
             m = model
             if family == "resnet":
-                self.unit_names = [f"layer{i}" for i in range(1, 5)]
+                self.unit_names = family_units(family, 4)
                 self.unit_depths = [len(getattr(m, n)) for n in self.unit_names]
             elif family == "efficientnet":
-                self.unit_names = [f"blocks.{i}" for i in range(len(m.blocks))]
+                self.unit_names = family_units(family, len(m.blocks))
                 self.unit_depths = [len(b) for b in m.blocks]
             elif family == "convnext":
-                self.unit_names = [f"stages.{i}" for i in range(len(m.stages))]
+                self.unit_names = family_units(family, len(m.stages))
                 self.unit_depths = [len(s.blocks) for s in m.stages]
             elif family == "regnet":
-                self.unit_names = [f"s{i}" for i in range(1, 5)]
+                self.unit_names = family_units(family, 4)
                 self.unit_depths = [len(list(getattr(m, n).children())) for n in self.unit_names]
             elif family == "vit":
-                self.unit_names = [f"blocks.{i}" for i in range(len(m.blocks))]
+                self.unit_names = family_units(family, len(m.blocks))
                 self.unit_depths = [1] * len(m.blocks)
             else:
                 raise ValueError(f"unknown timm family {family}")
@@ -194,6 +207,7 @@ def _spec(model_id: str, family: str, input_size: int, splits) -> BackboneSpec:
         split_points=tuple(SplitPoint(*s) for s in splits),
         build=_builder(model_id),
         description=f"timm {model_id}",
+        unit_names=tuple(family_units(family, UNIT_COUNTS.get(model_id, FAMILY_UNIT_COUNT[family]))),
     )
 
 
@@ -218,7 +232,25 @@ def resolve(model_id: str):
     size = int(staged.data_config["input_size"][-1])
     splits = derive_split_points(staged, size, device="meta")
     return BackboneSpec(id=model_id, family=family, input_size=size, split_points=tuple(splits),
-                        build=_builder(model_id), description=f"timm {model_id} (split points derived)")
+                        build=_builder(model_id), description=f"timm {model_id} (split points derived)",
+                        unit_names=tuple(staged.unit_names))
+
+
+def pretrained_cached(model_id: str):
+    """Whether timm's pretrained weights for ``model_id`` are in the Hugging Face cache, without
+    importing timm: True when some ``timm/<id>[.<tag>]`` repo holds weights there (timm picks the
+    tag: it checks again), False when none does for a declared id (all hosted as ``timm/<id>.<tag>``),
+    None when it cannot tell (weights of other ids may live elsewhere)."""
+    from huggingface_hub import constants
+
+    name, _, tag = model_id.partition(".")
+    root = Path(constants.HF_HUB_CACHE)
+    pattern = f"models--timm--{model_id}" if tag else f"models--timm--{name}.*"
+    for repo in root.glob(pattern) if root.is_dir() else ():
+        if any((snap / f).is_file() for snap in (repo / "snapshots").glob("*")
+               for f in ("model.safetensors", "pytorch_model.bin")):
+            return True
+    return False if name in DECLARED else None
 
 
 def _model_list_path():

@@ -23,6 +23,9 @@ def declaration_problems(spec, unit_names, shapes: dict, size: int) -> list[str]
     multiple of the declared reduction (elsewhere rounding makes it differ legitimately)."""
     units = list(unit_names)
     problems, last = [], -1
+    declared = list(getattr(spec, "unit_names", ()) or ())
+    if declared and declared != units:
+        problems.append(f"declares units {', '.join(declared)}, the built backbone has {', '.join(units)}")
     for sp in spec.split_points:
         if sp.module not in units:
             problems.append(f"split point '{sp.module}' is not a unit (units: {', '.join(units)})")
@@ -104,7 +107,13 @@ def verify_declaration(spec, backbone, shapes: dict, size: int) -> None:
 
 def verify_splits(spec, backbone, modules) -> None:
     """Split points to attach exits to must be units, distinct, in order, before the last unit."""
-    units = list(backbone.unit_names)
+    check_split_modules(spec, backbone.unit_names, modules)
+
+
+def check_split_modules(spec, unit_names, modules) -> None:
+    """`verify_splits` against a list of units: the built backbone's, or the spec's declared
+    ``unit_names`` (then before torch is imported)."""
+    units = list(unit_names)
     where = f"backbone '{spec.id}' from {_label(spec)}"
     unknown = [m for m in modules if m not in units]
     if unknown:

@@ -55,6 +55,7 @@ def fit_command(
     from ..training.recipes import load_recipe
     from ..training.checkpoints import read_checkpoint_recipe
     from ..training.loop import FitOptions, fit
+    from ..training.preflight import check_fit
     from ._output import print_json
 
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
@@ -85,14 +86,8 @@ def fit_command(
         backbone = backbone or resolved.backbone
     if not backbone:
         raise UsageError("name a backbone (e.g. 'scan fit resnet18') or a recipe that sets one (--recipe digits-cpu)")
-    if resume is None:  # an unknown id fails here, in well under a second (torch is not imported yet)
-        from ..backbones.registry import default_registry
-
-        default_registry().get(backbone)
-    if ema and weights is None:
-        raise UsageError("--ema picks the EMA weights of a --weights checkpoint: add --weights FILE")
-    if weights is not None and not weights.is_file():
-        raise UsageError(f"--weights {weights}: no such file")
+    # weights file, data, backbone id and split points, pretrained weights: all before torch is imported
+    check_fit(backbone, resolved, weights=weights, ema=ema, resume=resume, data=not print_recipe)
     if print_recipe:
         print_json(_resolved_for_print(resolved, backbone, weights is not None) | {"backbone": backbone, "recipe_name": recipe_name})
         return

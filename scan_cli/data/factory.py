@@ -22,9 +22,9 @@ from pathlib import Path
 from ..errors import ScanError, UsageError
 from .dataset import DataSplits
 from .digits import load_digits
-from .folder import load_folder
+from .folder import check_folder, load_folder
 from .hf import COLUMNAR_SUFFIXES, columnar_files, from_hf, is_saved_dataset, load_columnar
-from .hub import load_hub, looks_like_path
+from .hub import check_hub, load_hub, looks_like_path
 from .transforms import TRAIN_TRANSFORMS, effective_data_config
 
 log = logging.getLogger(__name__)
@@ -72,27 +72,45 @@ def load_data(
         raise UsageError(f"unknown train transform '{kind}': use one of {', '.join(TRAIN_TRANSFORMS)}")
     splits = check_splits(splits)
     cfg = effective_data_config(data_config, img_size)
-    text = None if spec is None else str(spec).strip()
-    if not text or text.lower() == "digits":
+    kind_of, where = data_source(spec)
+    if kind_of == "digits":
         return load_digits(cfg, kind, hflip, splits)
 
     common = dict(cfg=cfg, kind=kind, hflip=hflip, val_fraction=val_fraction, seed=seed)
     hf_common = dict(common, image_column=image_column, label_column=label_column, splits=splits)
+    if kind_of == "saved":
+        import datasets
+
+        if streaming:
+            log.info("a saved dataset is read memory-mapped; --streaming is not needed for it")
+        return from_hf(datasets.load_from_disk(str(where)), f"saved dataset {where}", **hf_common)
+    if kind_of == "columnar":
+        files, data_dir, name = where
+        return from_hf(load_columnar(files, data_dir, streaming), name, **hf_common)
+    if kind_of == "folder":
+        return load_folder(where, splits=splits, check_images=check_images, **common)
+    repo, obj = load_hub(where, streaming)
+    return from_hf(obj, f"hub {repo}", **hf_common)
+
+
+def data_source(spec: str | None) -> tuple[str, object]:
+    """Which source a `--data` value names, decided from the name and the file system alone (no
+    torch, no `datasets`): ("digits", None), ("saved", folder), ("columnar", (files, data_dir,
+    name)), ("folder", folder) or ("hub", id). A path that names no source is an error here."""
+    text = None if spec is None else str(spec).strip()
+    if not text or text.lower() == "digits":
+        return "digits", None
     path = Path(os.path.expanduser(text))
     if path.is_dir():
         if is_saved_dataset(path):
-            import datasets
-
-            if streaming:
-                log.info("a saved dataset is read memory-mapped; --streaming is not needed for it")
-            return from_hf(datasets.load_from_disk(str(path)), f"saved dataset {path}", **hf_common)
+            return "saved", path
         files = columnar_files(path)
         if files:
-            return from_hf(load_columnar(files, path, streaming), f"files {path}", **hf_common)
-        return load_folder(path, splits=splits, check_images=check_images, **common)
+            return "columnar", (files, path, f"files {path}")
+        return "folder", path
     if path.is_file():
         if path.suffix.lower() in COLUMNAR_SUFFIXES:
-            return from_hf(load_columnar([path], None, streaming), f"file {path}", **hf_common)
+            return "columnar", ([path], None, f"file {path}")
         raise ScanError(
             f"'{text}' is a file, not a data source: pass a folder of class sub-folders, a saved dataset, "
             ".parquet/.arrow files or a Hugging Face dataset id"
@@ -102,8 +120,18 @@ def load_data(
         files = [Path(h) for h in hits if Path(h).is_file() and Path(h).suffix.lower() in COLUMNAR_SUFFIXES]
         if not files:
             raise ScanError(f"no .parquet or .arrow files match '{text}': check the pattern")
-        return from_hf(load_columnar(files, None, streaming), f"files {text}", **hf_common)
+        return "columnar", (files, None, f"files {text}")
     if looks_like_path(text):
         raise ScanError(f"no such folder or file: '{text}': check the path")
-    repo, obj = load_hub(text, streaming)
-    return from_hf(obj, f"hub {repo}", **hf_common)
+    return "hub", text
+
+
+def check_data(spec: str | None) -> None:
+    """The mistakes in a `--data` value that show without loading it: a path that is no source, an
+    image folder without images or classes (`folder.check_folder`), a Hub id neither cached nor
+    reachable (`hub.check_hub`). Imports neither torch nor `datasets`."""
+    kind_of, where = data_source(spec)
+    if kind_of == "folder":
+        check_folder(where)
+    elif kind_of == "hub":
+        check_hub(where)

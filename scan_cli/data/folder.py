@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..errors import ScanError
-from .images import IMAGE_EXTENSIONS, describe_error, is_image_file, walk_images
+from .images import IMAGE_EXTENSIONS, describe_error, has_images, is_image_file, walk_images
 from .dataset import DataSplits, FileImages, SkippedImages
 from .holdout import MAP_RULE, holdout, rule
 from .transforms import eval_transform, train_transform
@@ -109,22 +109,49 @@ def _verify(samples, skipped: SkippedImages):
     return good
 
 
-def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_images) -> DataSplits:
-    train_dir, val_dir, test_dir = root, None, None
-    if (root / "train").is_dir():
-        train_dir = root / "train"
-        val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-        test_dir = root / "test" if (root / "test").is_dir() else None
-        others = [d.name for d in _class_folders(root)[0] if d.name not in ("train", "test") + VAL_FOLDER_NAMES]
-        if others:
-            log.warning("ignoring folders next to train/ in %s: %s", root, ", ".join(others))
+def _layout(root: Path):
+    """(train, val, test) folders: `root` itself, or the ImageNet layout `root/train`, `root/val`, ..."""
+    if not (root / "train").is_dir():
+        return root, None, None
+    val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    return root / "train", val_dir, root / "test" if (root / "test").is_dir() else None
 
-    subdirs, loose = _class_folders(train_dir)
+
+def _check_classes(train_dir: Path, subdirs: list, loose: list, empty: list) -> None:
+    """The training folder's mistakes (no class folders, no images, one class, empty classes);
+    `empty`: the names of the class folders without images."""
     exts = " ".join(IMAGE_EXTENSIONS)
     if not subdirs:
         if loose:
             raise ScanError(f"{train_dir} holds images but no class sub-folders: put them in {train_dir}/<class>/")
         raise ScanError(f"no images found in {train_dir} (looked for {exts} in class sub-folders)")
+    if len(empty) == len(subdirs):
+        raise ScanError(f"no images found in {train_dir} (looked for {exts} in class sub-folders)")
+    if len(subdirs) < 2:
+        raise ScanError(f"only one class ('{subdirs[0].name}') in {train_dir}: a classifier needs at least two class sub-folders")
+    if empty:
+        raise ScanError(
+            f"class folder(s) {', '.join(repr(e) for e in empty[:5])} in {train_dir} hold no images "
+            f"(looked for {exts}): add images or remove them"
+        )
+
+
+def check_folder(root: Path) -> None:
+    """`load_folder`'s training-folder errors, from a first image per class (no full listing, no
+    decoding): what `scan fit` checks before importing torch."""
+    train_dir = _layout(root)[0]
+    subdirs, loose = _class_folders(train_dir)
+    _check_classes(train_dir, subdirs, loose, [d.name for d in subdirs if not has_images(d)])
+
+
+def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_images) -> DataSplits:
+    train_dir, val_dir, test_dir = _layout(root)
+    if train_dir != root:
+        others = [d.name for d in _class_folders(root)[0] if d.name not in ("train", "test") + VAL_FOLDER_NAMES]
+        if others:
+            log.warning("ignoring folders next to train/ in %s: %s", root, ", ".join(others))
+
+    subdirs, loose = _class_folders(train_dir)
     classes = [d.name for d in subdirs]
     samples = []
     empty = []
@@ -135,15 +162,7 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
         if not files:
             empty.append(d.name)
         samples += [(p, label) for p in files]
-    if not samples:
-        raise ScanError(f"no images found in {train_dir} (looked for {exts} in class sub-folders)")
-    if len(classes) < 2:
-        raise ScanError(f"only one class ('{classes[0]}') in {train_dir}: a classifier needs at least two class sub-folders")
-    if empty:
-        raise ScanError(
-            f"class folder(s) {', '.join(repr(e) for e in empty[:5])} in {train_dir} hold no images "
-            f"(looked for {exts}): add images or remove them"
-        )
+    _check_classes(train_dir, subdirs, loose, empty)
     if loose:
         log.warning("ignoring %d images directly in %s (not in a class sub-folder)", len(loose), train_dir)
     _warn_duplicates(duplicates, "training")

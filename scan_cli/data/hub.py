@@ -4,7 +4,8 @@ A short name ('imagenet', 'cifar10', 'cifar100', 'mnist', 'fashion-mnist': DATAS
 local path that clearly is a path (starts with `.`, `/` or `~`, has two or more `/`, a file suffix
 or a backslash) is reported as such instead of being looked up on the Hub. Without a reachable Hub
 (HF_HUB_OFFLINE=1, or a 3-second connection probe fails) a dataset is only taken from the local
-cache, and a missing one fails at once with one line instead of five retries. What the Hub returns
+cache, and a missing one fails at once with one line instead of five retries; `check_hub` gives
+that line without importing `datasets` (for `scan fit`'s checks before torch). What the Hub returns
 is a `datasets` source (see `hf.py`).
 """
 
@@ -110,6 +111,43 @@ def _offline_env() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
+def _not_offline(repo: str) -> ScanError:
+    return ScanError(f"dataset '{repo}' is not available offline: download it first or pass a local folder/--data path")
+
+
+def hub_offline() -> bool:
+    """`datasets.config.HF_HUB_OFFLINE`'s rule (HF_DATASETS_OFFLINE, else HF_HUB_OFFLINE), without
+    importing `datasets` (about 1 s)."""
+    value = os.environ.get("HF_DATASETS_OFFLINE")
+    if value is None:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def maybe_cached(repo: str) -> bool:
+    """Whether `datasets` may find `repo` in a cache: its prepared copy (HF_DATASETS_CACHE/ns___name)
+    or Hub files (HF_HUB_CACHE/datasets--ns--name). False means an offline load must fail."""
+    from huggingface_hub import constants
+
+    home = os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))
+    prepared = Path(os.path.expanduser(os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets")))
+    hub = Path(constants.HF_HUB_CACHE)
+    return (prepared / "___".join(repo.split("/"))).is_dir() or (hub / f"datasets--{repo.replace('/', '--')}").is_dir()
+
+
+def check_hub(spec: str) -> None:
+    """`load_hub`'s offline failure without importing `datasets`: offline (or the Hub unreachable)
+    and no cached copy. Anything it cannot decide here is left to `load_hub`."""
+    repo = resolve_alias(spec)
+    if maybe_cached(repo):
+        return
+    if hub_offline() or not _hub_reachable():
+        raise _not_offline(repo)
+
+
 def load_hub(spec: str, streaming: bool):
     """datasets.load_dataset(id) with one-line errors; fails at once when the Hub is unreachable."""
     import datasets
@@ -126,9 +164,7 @@ def load_hub(spec: str, streaming: bool):
     except Exception as exc:  # noqa: BLE001 - everything from the hub becomes one line
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if no_hub:
-            raise ScanError(
-                f"dataset '{repo}' is not available offline: download it first or pass a local folder/--data path"
-            ) from None
+            raise _not_offline(repo) from None
         if "gated" in str(exc).lower():
             raise ScanError(
                 f"dataset '{repo}' is gated: accept its terms on huggingface.co and log in (`hf auth login`)"

@@ -164,7 +164,16 @@ def walk_images(folder: Path, seen: dict | None = None, duplicates: list | None 
     link, or a link to a file listed already) is listed once, under the first path that reached
     it: `seen` maps the real paths listed so far to the path listed (pass one dict to share it
     between calls) and `duplicates` (a list) receives (path, first path) for each one left out."""
-    found = []
+    return list(iter_images(folder, seen, duplicates))
+
+
+def has_images(folder: Path) -> bool:
+    """Whether `walk_images(folder)` would list anything; stops at the first image (a cheap check)."""
+    return next(iter_images(folder), None) is not None
+
+
+def iter_images(folder: Path, seen: dict | None = None, duplicates: list | None = None):
+    """`walk_images` one path at a time."""
     seen = {} if seen is None else seen
     walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -192,8 +201,7 @@ def walk_images(folder: Path, seen: dict | None = None, duplicates: list | None 
                     duplicates.append((path, seen[key]))
                 continue
             seen[key] = path
-            found.append(path)
-    return found
+            yield path
 
 
 def find_images(inputs: list[str]) -> list[Path]:

@@ -323,8 +323,9 @@ def _check_hub_reachable(model_id: str) -> None:
         except Exception:
             cached = False
         if not cached:
-            raise ScanError(f"pretrained weights for {model_id} are not cached and HF_HUB_OFFLINE=1: "
-                            "go online once, or pass --weights FILE")
+            from .preflight import weights_not_cached
+
+            raise weights_not_cached(model_id)
 
 
 def _freeze_backbone(model, retrain_classifier: bool) -> None:
