@@ -424,6 +424,7 @@ def _manifest(info, model, thresholds, cal, preprocessing, report, costs, pieces
         "score": cal.get("score") or "max_softmax",
         "fallback": cal.get("fallback") or "last",
         "calibrated": bool(cal.get("thresholds")),
+        "drift_reference": cal.get("drift_reference"),  # for predict's drift check (calibration/drift.py)
         "macs": {"units": "MACs (multiply-accumulates; fvcore, batch 1)", "backbone": int(report.backbone_macs),
                  "exits_cumulative": costs},
         "pieces": pieces,

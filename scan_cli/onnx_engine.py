@@ -249,8 +249,8 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
             raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
                              "as --run (with --engine onnxruntime), or give --thresholds")
         manifest = read_manifest(folder)
-        cal = {"thresholds": manifest["thresholds"], "score": manifest.get("score"),
-               "fallback": manifest.get("fallback")} if manifest.get("calibrated") else None
+        cal = {"thresholds": manifest["thresholds"], "score": manifest.get("score"), "fallback": manifest.get("fallback"),
+               "drift_reference": manifest.get("drift_reference")} if manifest.get("calibrated") else None
         policy = exit_policy(SimpleNamespace(calibration=cal), folder, int(manifest["num_exits"]),
                              thresholds=thresholds, score=score, fallback=fallback)
         return folder, policy, None
@@ -271,7 +271,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
-            log=None):
+            log=None, drift: bool = True):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
     from .images import find_images
 
@@ -297,6 +297,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                            workers=_workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
     report.summary["run"] = str(run_dir if run_dir is not None else folder)
     report.summary["export"] = str(folder)
+    from .calibration.drift import check_predictions
+
+    report.drift = check_predictions(report.predictions, policy, enabled=drift)
     return report
 
 

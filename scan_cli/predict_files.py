@@ -40,6 +40,7 @@ class ExitPolicy:
     score: str = "max_softmax"
     fallback: str = "last"
     source: str = "calibration"  # where the thresholds came from, for the summary
+    drift_reference: Optional[dict] = None  # what calibration saw under these thresholds (calibration/drift.py)
 
     def to_dict(self) -> dict:
         return {"thresholds": list(self.thresholds), "score": self.score, "fallback": self.fallback,
@@ -128,7 +129,8 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
         kwargs = {k: v for k, v in (("score", score), ("fallback", fallback)) if v is not None}
         result = calibrate_run(run_dir, target_acc=target_acc, save=False, device=device or "auto", **kwargs)
         return ExitPolicy(_shallow(result["thresholds"], num_exits), result.get("score") or score or "max_softmax",
-                          result.get("fallback") or fallback or "last", source=f"--target-acc {target_acc:g}")
+                          result.get("fallback") or fallback or "last", source=f"--target-acc {target_acc:g}",
+                          drift_reference=result.get("drift_reference"))
     if cal is None or not cal.get("thresholds"):
         log.warning(
             "this run is not calibrated: every image goes to the last exit (no early exit). "
@@ -151,8 +153,9 @@ def exit_policy(info, run_dir: Path, num_exits: int, *, thresholds: Optional[str
                  f"{fallback} with the same target on the validation data (not saved)")
         result = calibrate_run(run_dir, save=False, score=cal_score, fallback=fallback, device=device or "auto", **settings)
         return ExitPolicy(_shallow(result["thresholds"], num_exits), cal_score, fallback,
-                          source=f"recalibrated for --fallback {fallback}")
-    return ExitPolicy(_shallow(cal["thresholds"], num_exits), cal_score, cal_fallback, source="calibration")
+                          source=f"recalibrated for --fallback {fallback}", drift_reference=result.get("drift_reference"))
+    return ExitPolicy(_shallow(cal["thresholds"], num_exits), cal_score, cal_fallback, source="calibration",
+                      drift_reference=cal.get("drift_reference"))
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -184,10 +187,14 @@ class PredictionReport:
     predictions: list  # Prediction, in input order
     errors: list  # {"path", "error"}, in input order
     summary: dict
+    drift: Optional[dict] = None  # the drift check (calibration/drift.py), {"status": "off"} with --drift off
 
     def to_dict(self) -> dict:
-        return {"predictions": [p.to_dict() for p in self.predictions], "errors": list(self.errors),
-                "summary": self.summary}
+        doc = {"predictions": [p.to_dict() for p in self.predictions], "errors": list(self.errors),
+               "summary": self.summary}
+        if self.drift is not None:
+            doc["drift"] = self.drift
+        return doc
 
     @property
     def exit_code(self) -> int:
@@ -347,7 +354,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None,
             top_k: int = 1, progress: bool = True, channels_last: Optional[str] = "auto",
-            compare_plain: bool = False) -> PredictionReport:
+            compare_plain: bool = False, drift: bool = True) -> PredictionReport:
     """`scan predict`: check the flags, find the run and the images, choose the thresholds, predict.
 
     Everything that can be wrong without a model (flags, the run folder, the images) is reported
@@ -381,6 +388,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                            top_k=top_k, progress=progress, channels_last=use_channels_last(channels_last, model),
                            compare_plain=compare_plain)
     report.summary["run"] = str(run_dir)
+    from .calibration.drift import check_predictions
+
+    report.drift = check_predictions(report.predictions, policy, enabled=drift)
     return report
 
 
