@@ -192,3 +192,18 @@ def test_calibrate_stores_the_reference(trained_run, tmp_path, run_cli):
     test_dir = Path(read_info(run / "model.safetensors").recipe["data"]) / "test"
     doc, _ = predict(run_cli, test_dir, "--run", run)
     assert doc["drift"]["status"] == "too few images"  # the tiny run's test split is under 50 images
+
+
+def test_onnx_engine_and_export_folder_report_drift_too(run_cli, calibrated, tmp_path):
+    """The ONNX Runtime engine on the run, and on a `scan export` folder: its manifest carries the reference."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run, _, dark = calibrated
+    doc, err = predict(run_cli, dark, "--run", run, "--engine", "onnxruntime")
+    assert doc["summary"]["engine"] == "onnxruntime"
+    assert doc["drift"]["fired"] is True and sum("drift:" in line for line in err.splitlines()) == 1
+    code, _, err = run_cli("export", "--run", str(run), "--out", str(tmp_path / "onnx"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "onnx" / "manifest.json").read_text())["drift_reference"]["n"] == 200
+    doc, err = predict(run_cli, dark, "--run", tmp_path / "onnx")
+    assert doc["drift"]["fired"] is True and sum("drift:" in line for line in err.splitlines()) == 1
