@@ -7,6 +7,7 @@
 | `guarantee.py` | `--confidence`: Pareto Testing with Learn-then-Test binomial tests |
 | `choose.py` | `calibrate`: one operating point for --target-acc / --max-drop / --budget |
 | `plot.py` | the accuracy-cost plot (`--plot`) |
+| `drift.py` | the drift alarm: the reference calibration stores, the tests `scan predict` runs |
 | `run.py` | `calibrate_run` / `evaluate_run`: a run folder -> exit outputs -> thresholds -> artifact |
 
 Everything but `run.py` is pure numpy (no torch, no printing); importing this package imports
