@@ -118,6 +118,7 @@ class ExitPolicy:
     score: str = DEFAULT_SCORE
     fallback: str = DEFAULT_FALLBACK
     source: str = "calibration"  # where the thresholds came from, for the summary
+    drift_reference: Optional[dict] = None  # what calibration saw under these thresholds (calibration/drift.py)
 
     @property
     def num_exits(self) -> int:
@@ -164,7 +165,8 @@ class Calibration:
         return any(k in self.settings for k in ("target_acc", "max_drop", "budget"))
 
     def policy(self, source: str = "calibration") -> ExitPolicy:
-        return ExitPolicy(list(self.thresholds), self.score, self.fallback, source=source)
+        return ExitPolicy(list(self.thresholds), self.score, self.fallback, source=source,
+                          drift_reference=self.record.get("drift_reference"))
 
     def get(self, key: str, default=None):
         value = self.record.get(key)

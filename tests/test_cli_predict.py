@@ -80,7 +80,8 @@ def predict_json(run_cli, *args):
 def test_json_document_and_summary_on_stderr(run_cli, run, images, paths):
     code, doc, err = predict_json(run_cli, images, "--run", run)
     assert code == 0
-    assert set(doc) == {"predictions", "errors", "summary"}
+    assert set(doc) == {"predictions", "errors", "summary", "drift"}
+    assert doc["drift"]["status"] == "no reference" and doc["drift"]["fired"] is False  # an older calibration
     assert doc["errors"] == [] and len(doc["predictions"]) == len(paths) == 20
     p = doc["predictions"][0]
     assert {"path", "label", "confidence", "exit", "exit_index", "macs", "top_k"} <= set(p)

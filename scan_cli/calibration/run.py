@@ -105,6 +105,10 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
                 "search_seconds": time.perf_counter() - t0,
                 "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
     doc["expected_macs"] = doc.get("expected_cost")
+    from .drift import reference_from_logits
+
+    # what predict's drift check compares with (exits and answering scores under these thresholds)
+    doc["drift_reference"] = reference_from_logits(logits, result.thresholds, score, fallback)
     from ..exit_outputs import exit_order_warning
 
     warning = exit_order_warning(logits, labels)

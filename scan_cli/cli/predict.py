@@ -18,7 +18,7 @@ The run's own eval preprocessing and calibrated thresholds are used; --target-ac
 override the thresholds for this call only.
 
 Output: a table on stdout (exits shown as 1/4 .. 4/4), or with --json one document
-{"predictions": [...], "errors": [{"path", "error"}], "summary": {...}} where each prediction has
+{"predictions": [...], "errors": [{"path", "error"}], "summary": {...}, "drift": {...}} where each prediction has
 path, label, class_index, confidence (probability of the label), score (the exit rule's score),
 exit (1-based), exit_index (0-based), num_exits, macs (MACs spent on that image) and top_k
 ([{label, probability}]). A summary (exit shares, average MACs vs the plain backbone, images/s)
@@ -26,6 +26,12 @@ goes to stderr.
 
 --engine onnxruntime runs the same early exit on ONNX Runtime (CPU), from a `scan export` of the
 run (made once and cached in the run's cache/) or from an export folder given as --run.
+
+Drift check (--drift on, the default): the images are compared with what calibration saw (exit
+shares and answering scores; two-sample tests, false-alarm rate 1 % on images like the validation
+images; 50 images at least). When they differ, one warning line on stderr says what moved; --json
+always carries a "drift" object (fired, p_value, n, reference_n, exit_shares, or a status such as
+"no reference" or "too few images").
 
 Exit codes: 0 every image predicted; 3 some files could not be read (listed in errors) but at
 least one was predicted; 1 no image could be read, or an error (e.g. nothing matched INPUTS);
@@ -48,6 +54,7 @@ def predict_command(
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
+    drift: str = typer.Option("on", "--drift", help="on: compare these images with what calibration saw and warn when they differ (false-alarm rate 1 %); off: skip it (e.g. for tiny batches)."),
 ):
     from ..inference import onnx_engine, torch_engine
     from ..inference.report import summary_lines, write_csv
@@ -60,9 +67,13 @@ def predict_command(
 
         raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
+    if drift not in ("on", "off"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--drift '{drift}': use on or off")
     predict = onnx_engine.predict if use_onnx else torch_engine.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
-                     batch_size=batch_size, workers=workers, device=device, top_k=top_k,
+                     batch_size=batch_size, workers=workers, device=device, top_k=top_k, drift=drift == "on",
                      channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
     report.summary.setdefault("engine", "torch")
     if as_json:
@@ -75,6 +86,11 @@ def predict_command(
         sys.stderr.write(f"warning: {e['path']}: {e['error']}\n")
     for line in summary_lines(report.summary):
         info(line)
+    from ..calibration.drift import warning_line
+
+    alarm = warning_line(report.drift)
+    if alarm:
+        sys.stderr.write(f"warning: {alarm}\n")
     if csv_path is not None:
         info(f"wrote {csv_path}")
     code = report.exit_code

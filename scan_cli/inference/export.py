@@ -412,6 +412,7 @@ def _manifest(info, model, policy, calibrated, preprocessing, report, costs, pie
         "score": policy.score,
         "fallback": policy.fallback,
         "calibrated": calibrated,
+        "drift_reference": policy.drift_reference,  # for predict's drift check (calibration/drift.py)
         "macs": {"units": "MACs (multiply-accumulates; fvcore, batch 1)", "backbone": int(report.backbone_macs),
                  "exits_cumulative": costs},
         "pieces": pieces,

@@ -239,7 +239,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
-            log=None):
+            log=None, drift: bool = True):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
     from ..data.images import find_images
 
@@ -264,6 +264,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                            workers=workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
     report.summary["run"] = str(handle.folder if handle is not None else folder)
     report.summary["export"] = str(folder)
+    from ..calibration.drift import check_predictions
+
+    report.drift = check_predictions(report.predictions, policy, enabled=drift)
     return report
 
 

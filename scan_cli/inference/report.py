@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from .. import files
 
@@ -38,10 +39,14 @@ class PredictionReport:
     predictions: list  # Prediction, in input order
     errors: list  # {"path", "error"}, in input order
     summary: dict
+    drift: Optional[dict] = None  # the drift check (calibration/drift.py), {"status": "off"} with --drift off
 
     def to_dict(self) -> dict:
-        return {"predictions": [p.to_dict() for p in self.predictions], "errors": list(self.errors),
-                "summary": self.summary}
+        doc = {"predictions": [p.to_dict() for p in self.predictions], "errors": list(self.errors),
+               "summary": self.summary}
+        if self.drift is not None:
+            doc["drift"] = self.drift
+        return doc
 
     @property
     def exit_code(self) -> int:

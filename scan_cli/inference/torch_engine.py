@@ -112,12 +112,13 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None,
             top_k: int = 1, progress: bool = True, channels_last: Optional[str] = "auto",
-            compare_plain: bool = False) -> PredictionReport:
+            compare_plain: bool = False, drift: bool = True) -> PredictionReport:
     """`scan predict`: check the flags, find the run and the images, choose the thresholds, predict.
 
     Everything that can be wrong without a model (flags, the run folder, the images) is reported
     before torch or the model is loaded. The run is opened once: its header read once and its model
     loaded once, also when ``--target-acc`` calibrates first."""
+    from ..calibration.drift import check_predictions
     from ..calibration.run import calibrate_run
     from ..data import eval_transform
     from ..data.images import find_images, max_image_pixels
@@ -146,4 +147,5 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                            progress=progress, channels_last=use_channels_last(channels_last, model),
                            compare_plain=compare_plain)
     report.summary["run"] = str(handle.folder)
+    report.drift = check_predictions(report.predictions, policy, enabled=drift)
     return report
