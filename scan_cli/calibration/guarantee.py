@@ -115,8 +115,12 @@ def _certify(data: CascadeData, confidence: float, target: float, seed: int, max
     delta = 1.0 - confidence
     family = threshold_family(data.K, score)
     family_correct, _ = _simulate_many(data, family)
-    fixed = _fixed_sequence(family_correct, n, target, SHARES["fixed sequence"] * delta)
-    T_pt, tested, pt_correct, n_test = _pareto_testing(data, target, SHARES["Pareto testing"] * delta, seed, max_evaluations)
+    share = {name: SHARES.get(name, 0.0) for name in ("fixed sequence", "Pareto testing")}
+    # a procedure without a share certifies nothing (the benchmark runs Pareto Testing alone, as before)
+    fixed = _fixed_sequence(family_correct, n, target, share["fixed sequence"] * delta) if share["fixed sequence"] else 0
+    T_pt, tested, pt_correct, n_test = _pareto_testing(data, target, share["Pareto testing"] * delta, seed, max_evaluations)
+    if not share["Pareto testing"]:
+        tested = 0
     certified = np.concatenate([family[:fixed], T_pt[:tested]])
     source = ["fixed sequence"] * fixed + ["Pareto testing"] * tested
     if certified.shape[0] == 0:
