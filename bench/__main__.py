@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["startup", "calibration", "quality", "predict", "latency", "onnx", "train"]
+ORDER = ["startup", "calibration", "quality", "promise", "predict", "latency", "onnx", "train"]
 
 
 def machine() -> dict:
@@ -112,6 +112,10 @@ def commands(name: str, quick: bool, work: Path, out: Path) -> list | None:
         return [py, str(HERE / "bench_calibration.py"), "--sizes", sizes, "--out", str(out)]
     if name == "quality":
         return [py, str(HERE / "bench_quality.py"), "--keep", str(work / "quality"), "--out", str(out), *q]
+    if name == "promise":  # promises on re-splits of unseen data (issue 19): the Fashion-MNIST run + a simulated cascade
+        run = fashion_run(work, quick)
+        args = [py, str(HERE / "bench_promise.py"), "--out", str(out), "--synthetic"] + (["--resplits", "5"] if quick else [])
+        return args + ([] if run is None else ["--run", str(run), "--name", "fashion-mnist"])
     if name in ("predict", "onnx"):
         run = fashion_run(work, quick)
         script = "bench_predict.py" if name == "predict" else "bench_onnx.py"

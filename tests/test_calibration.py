@@ -92,7 +92,7 @@ def test_calibrate_resimulates_and_is_optimal(K):
     brute = brute_force(data)
     best_acc = np.flatnonzero(np.isfinite(brute))[-1] / data.n
     for target in (0.3, 0.5, 0.6, best_acc):
-        r = calibrate(data, target_acc=target, backbone_cost=2.0)
+        r = calibrate(data, target_acc=target, backbone_cost=2.0, correct_selection=False)
         s = summarize(data, r.thresholds)
         assert s["accuracy"] == r.val_accuracy >= target
         assert s["expected_cost"] == r.expected_cost
@@ -105,7 +105,7 @@ def test_calibrate_resimulates_and_is_optimal(K):
 
 def test_higher_target_never_costs_less():
     data = random_cascade(3, 400, 4, levels=40)
-    costs = [calibrate(data, target_acc=t).expected_cost for t in np.linspace(0.4, 0.7, 13)]
+    costs = [calibrate(data, target_acc=t, correct_selection=False).expected_cost for t in np.linspace(0.4, 0.7, 13)]
     assert all(b >= a for a, b in zip(costs, costs[1:]))
     assert costs[-1] > costs[0]
 
@@ -143,13 +143,13 @@ def test_invalid_requests_are_usage_errors(kwargs):
 def test_max_drop_mode():
     data = random_cascade(11, 22, 3, levels=5)
     brute = brute_force(data)
-    reference = data.correct[:, -1].mean()
-    r = calibrate(data, max_drop=0.1)
+    reference = data.correct.mean(axis=0).max()  # the best single exit (no ensemble given)
+    r = calibrate(data, max_drop=0.1, correct_selection=False)
     assert r.target["reference_accuracy"] == reference
     assert r.val_accuracy >= reference - 0.1
     assert r.expected_cost == pytest.approx(brute[math.ceil((reference - 0.1) * data.n - 1e-9)], abs=1e-12)
-    # No drop allowed: never worse than answering everything at the last exit, never dearer.
-    r0 = calibrate(data, max_drop=0.0)
+    # No drop allowed: never worse than the best exit on validation, never dearer than the backbone.
+    r0 = calibrate(data, max_drop=0.0, correct_selection=False)
     assert r0.val_accuracy >= reference and r0.expected_cost <= data.costs[-1]
 
 
@@ -182,7 +182,7 @@ def test_grid_mode_is_within_its_certified_gap():
     assert np.all(diff >= -1e-12)  # a grid never beats the optimum
     assert np.all(diff <= grid.gap_bound[ok] + 1e-12)  # and stays within its bound
     assert diff.max() > 0  # the grid really was coarser (the check above was not vacuous)
-    r = calibrate(data, target_acc=0.6, max_evaluations=3000)
+    r = calibrate(data, target_acc=0.6, max_evaluations=3000, correct_selection=False)
     assert r.method["search"] == "grid" and r.val_accuracy >= 0.6
     assert exact.cost[36] - 1e-12 <= r.expected_cost <= r.method["grid_cost"]  # polishing only helps
     assert r.expected_cost - exact.cost[36] <= r.method["gap_bound"] + 1e-12
@@ -238,12 +238,12 @@ def test_grid_rounding_loss_bound_is_tight(seed):
 
 def test_single_exit():
     data = CascadeData([[0.3], [0.9], [0.4]], [[True], [False], [True]], [5.0])
-    r = calibrate(data, target_acc=0.5, backbone_cost=4.0)
+    r = calibrate(data, target_acc=0.5, backbone_cost=4.0, correct_selection=False)
     assert r.thresholds == [None]
     assert r.val_accuracy == pytest.approx(2 / 3) and r.expected_cost == 5.0
     assert r.speedup == pytest.approx(0.8)
     with pytest.raises(TargetUnreachable, match="0.6667"):
-        calibrate(data, target_acc=0.9)
+        calibrate(data, target_acc=0.9, correct_selection=False)
 
 
 def test_two_exits_by_hand():
@@ -253,7 +253,7 @@ def test_two_exits_by_hand():
         [[True, True], [True, True], [False, True], [False, True]],
         [1.0, 3.0],
     )
-    r = calibrate(data, target_acc=1.0)
+    r = calibrate(data, target_acc=1.0, correct_selection=False)
     assert r.thresholds == [0.8, None]
     assert r.expected_cost == pytest.approx((1 + 1 + 3 + 3) / 4)
     assert r.exit_shares == pytest.approx([0.5, 0.5])
@@ -272,7 +272,7 @@ def test_json_form_round_trips():
 
 def test_plot_is_written_atomically(tmp_path):
     data = random_cascade(4, 50, 3, levels=10)
-    r = calibrate(data, target_acc=0.5)
+    r = calibrate(data, target_acc=0.5, correct_selection=False)
     out = plot_front(r, tmp_path / "plots" / "front.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["front.png"]
@@ -328,7 +328,7 @@ def test_guarantee_holds_in_simulation():
             continue  # refusing is always allowed
         certified += 1
         misses += summarize(test, r.thresholds)["accuracy"] < target
-        plain = calibrate(cal, target_acc=target)
+        plain = calibrate(cal, target_acc=target, correct_selection=False)
         plain_misses += summarize(test, plain.thresholds)["accuracy"] < target
     assert certified >= 180  # the guarantee is usable here, not vacuous
     assert misses / splits <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / splits)
@@ -378,7 +378,7 @@ def test_the_search_switches_an_expensive_useless_exit_off():
     scores = np.column_stack([rng.random(n), rng.random(n), np.zeros(n)])
     correct = np.column_stack([rng.random(n) < 0.5, np.zeros(n, bool), np.ones(n, bool)])  # exit 2 always wrong
     data = CascadeData(scores, correct, [2.0, 13.0, 14.0], heads=[1.0, 10.0])
-    result = calibrate(data, target_acc=1.0)
+    result = calibrate(data, target_acc=1.0, correct_selection=False)
     assert result.thresholds[1] == np.inf and result.exit_shares[1] == 0
     assert result.expected_cost <= summarize(data, [np.inf, np.inf])["expected_cost"] == 3.0
 
@@ -394,7 +394,7 @@ def test_binomial_interval_matches_clopper_pearson():
 
 def test_operating_points_hold_no_dominated_row():
     data = random_cascade(3, 300, 4)
-    result = calibrate(data, max_drop=0.01)
+    result = calibrate(data, max_drop=0.01, correct_selection=False)
     points = result.pareto
     assert result.val_accuracy_interval[0] <= result.val_accuracy <= result.val_accuracy_interval[1]
     for p in points:

@@ -48,6 +48,16 @@ def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None
     return logits, labels, skipped
 
 
+def answer_references(logits, labels) -> dict:
+    """name -> [n] bool correctness of every answer the model offers alone: each exit and the
+    ensemble (mean of all exits' logits); ``--max-drop`` is measured against the best of them."""
+    K = logits.shape[1]
+    right = logits.argmax(-1) == labels[:, None]
+    refs = {f"exit {k + 1}/{K}": right[:, k] for k in range(K)}
+    refs["ensemble"] = logits.mean(1).argmax(-1) == labels
+    return refs
+
+
 def _warn_skipped(split: str, skipped, used: int) -> None:
     if skipped:
         import logging
@@ -96,7 +106,8 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
                        heads=None if fallback == "ensemble" else costs.heads)
     result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
-                       confidence=confidence, seed=seed, backbone_cost=backbone_macs)
+                       confidence=confidence, seed=seed, backbone_cost=backbone_macs,
+                       references=answer_references(logits, labels), score=score)
     doc = result.to_dict()
     doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
                 "skipped_images": skipped.count,
