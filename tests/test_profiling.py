@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scan_cli import profiling
 from scan_cli.model import build_bare_model
 from scan_cli.errors import ScanError
-from scan_cli.profiling import macs
+from scan_cli.profiling import costs, macs
 from scan_cli.contract import StagedBackbone
 from scan_cli.model import HeadConfig, ScanModel
 from scan_cli.backbones.shapes import trace_shapes
@@ -233,18 +233,18 @@ def test_run_costs_are_cached_per_artifact(run_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("counted again instead of reading the cache")
 
-    monkeypatch.setattr(macs, "count_macs", boom)
-    macs._MEMORY_CACHE.clear()
+    monkeypatch.setattr(costs, "count_macs", boom)
+    costs._MEMORY_CACHE.clear()
     assert profiling.cascade_costs(str(run_dir)) == (cumulative, backbone, heads)
     assert profiling.cascade_costs(run_dir)[0] == cumulative
 
 
 def test_model_costs_with_a_cache_dir(tmp_path, toy, monkeypatch):
-    macs._MEMORY_CACHE.clear()
+    costs._MEMORY_CACHE.clear()
     first = profiling.cascade_costs(toy, 8, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("macs-arch-*-8.json"))) == 1
-    macs._MEMORY_CACHE.clear()
-    monkeypatch.setattr(macs, "count_macs", lambda *a, **k: pytest.fail("cache not used"))
+    costs._MEMORY_CACHE.clear()
+    monkeypatch.setattr(costs, "count_macs", lambda *a, **k: pytest.fail("cache not used"))
     assert profiling.cascade_costs(toy, 8, cache_dir=tmp_path) == first
     assert isinstance(first[0][0], float) and first[1] == profiling.MacReport.from_dict(
         json.loads(next(tmp_path.glob("*.json")).read_text())["report"]).backbone_macs
@@ -254,7 +254,7 @@ def test_damaged_cache_is_recomputed(run_dir):
     good = profiling.cascade_costs(run_dir)
     path = next((run_dir / "cache").glob("macs-*.json"))
     path.write_text("{not json")
-    macs._MEMORY_CACHE.clear()
+    costs._MEMORY_CACHE.clear()
     assert profiling.cascade_costs(run_dir) == good
     assert json.loads(path.read_text())["cache_schema"] == profiling.CACHE_SCHEMA
 
