@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
 
@@ -31,7 +32,6 @@ def calibrate_command(
 ):
     """Choose per-exit thresholds: cheapest cascade that keeps the accuracy promise on validation data."""
     from ..calibration.run import calibrate_run
-    from ..errors import UsageError
     from ..runs import resolve_run
     from ._output import info, print_json
 

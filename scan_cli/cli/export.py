@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import JSON, RUN
 
 HELP = """Export a run's cascade to ONNX for deployment: one graph per piece (stem + section 1 + exit 1,
@@ -32,7 +33,6 @@ def export_command(
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or newer)."),
     as_json: bool = JSON,
 ):
-    from ..errors import UsageError
     from ..inference.export import FORMATS, export_run
     from ._output import info, print_json
 
