@@ -47,7 +47,7 @@ def predict_command(
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
 ):
-    from .. import onnx_engine, predict_files
+    from ..inference import onnx_engine, torch_engine as predict_files
     from ..inference.torch_engine import summary_lines, write_csv
     from ._output import info, print_json
 
