@@ -29,6 +29,11 @@ MAX_EXITS = 64
 SCORES = ("max_softmax", "margin", "neg_entropy")  # = scoring.SCORES (checked by a test; no import: stay light)
 FALLBACKS = ("last", "ensemble")
 FIX = "export again with 'scan export'"
+# every key a format-1 manifest may hold: anything else is refused (a key added here is a format change)
+KEYS = {"format", "format_version", "producer", "backbone", "num_exits", "classes", "input", "data_config",
+        "thresholds", "score", "fallback", "calibrated", "macs", "pieces", "full", "plain"}
+PIECE_KEYS = {"file", "exit", "input", "input_shape", "outputs", "features", "features_shape", "logits",
+              "max_abs_diff_vs_torch", "threshold", "macs_cumulative"}
 
 
 class ManifestError(ScanError):
@@ -145,6 +150,7 @@ def check(doc: dict, folder: Path) -> None:
     if version != FORMAT_VERSION:
         raise ManifestError(f"{c.path} has export format {version}, this scan_cli reads {FORMAT_VERSION}: "
                             "export again with this version ('scan export')")
+    _known(c, doc, KEYS, "")
     K = c.integer(c.get(doc, "num_exits"), "num_exits", 1, MAX_EXITS)
     classes = c.listing(c.get(doc, "classes"), "classes")
     if not classes:
@@ -180,6 +186,12 @@ def check(doc: dict, folder: Path) -> None:
             _inside(Path(folder), c.string(c.get(extra, "file", f"{key}."), f"{key}.file"), f"{key}.file", c.path)
 
 
+def _known(c: _Checker, doc: dict, keys: set, where: str) -> None:
+    for key in doc:
+        if key not in keys:
+            c.fail(f"{where}{str(key)[:40]}", "is not a key of export format 1 (written by another scan_cli?)")
+
+
 def _check_data_config(c: _Checker, cfg: dict, size: int) -> None:
     dims = c.listing(c.get(cfg, "input_size", "data_config."), "data_config.input_size", 3)
     for i, d in enumerate(dims):
@@ -203,6 +215,7 @@ def _check_data_config(c: _Checker, cfg: dict, size: int) -> None:
 def _check_piece(c: _Checker, folder: Path, piece: dict, k: int, K: int) -> None:
     """Piece k: exit k+1, its input and outputs named as `scan export` names them, in order."""
     key = f"pieces[{k}]"
+    _known(c, piece, PIECE_KEYS, f"{key}.")
     _inside(folder, c.string(c.get(piece, "file", f"{key}."), f"{key}.file"), f"{key}.file", c.path)
     if c.integer(c.get(piece, "exit", f"{key}."), f"{key}.exit", 1, MAX_EXITS) != k + 1:
         c.fail(f"{key}.exit", f"is {piece['exit']} where the pieces' order says {k + 1} (pieces out of order)")
@@ -229,11 +242,14 @@ def _inside(folder: Path, name: str, key: str, where: Path) -> Path:
     """``folder/name`` if it stays inside ``folder`` once every link is resolved: no absolute paths,
     no '..', no link pointing out."""
     root = os.path.realpath(folder)
+    shown = name[:60].encode("unicode_escape").decode()  # no control characters on the terminal
     if os.path.isabs(name) or "\x00" in name:
-        raise ManifestError(f"{where}: {key} '{name[:60]}' is not a file name inside the export folder: {FIX}")
+        raise ManifestError(f"{where}: {key} '{shown}' is not a file name inside the export folder: {FIX}")
     target = os.path.realpath(os.path.join(root, name))
     if os.path.commonpath([root, target]) != root or target == root:
-        raise ManifestError(f"{where}: {key} '{name[:60]}' points outside the export folder: {FIX}")
+        if key == MANIFEST_FILE:
+            raise ManifestError(f"{where} is a link to a file outside the export folder: {FIX}")
+        raise ManifestError(f"{where}: {key} '{shown}' points outside the export folder: {FIX}")
     return Path(target)
 
 
@@ -281,11 +297,15 @@ def check_graphs(doc: dict, folder: Path) -> None:
     for k, piece in enumerate(doc["pieces"]):
         path = piece_path(folder, piece)
         try:
+            if path.stat().st_size == 0:
+                raise ManifestError(f"{path} is empty (a truncated export): {FIX}")
             model = onnx.load(str(path), load_external_data=False)
         except FileNotFoundError:
             raise ManifestError(f"{folder} misses {piece['file']}: {FIX}") from None
+        except ManifestError:
+            raise
         except Exception as exc:  # protobuf's DecodeError and friends: a truncated or foreign file
-            raise ManifestError(f"{path} is not a readable ONNX graph ({type(exc).__name__}): {FIX}") from None
+            raise ManifestError(f"{path} is not a readable ONNX graph (truncated, or not ONNX): {FIX}") from None
         graph = model.graph
         stored = {t.name for t in graph.initializer}
         for tensor in graph.initializer:
