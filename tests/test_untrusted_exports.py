@@ -45,6 +45,7 @@ def export(tmp_path_factory):
     info.calibration = {"thresholds": [0.5, 0.6, None], "score": "max_softmax", "fallback": "last"}
     root = tmp_path_factory.mktemp("export")
     export_model(model, info, root / "good")
+    artifact.save(model, info, root / "run" / "model.safetensors")
     make_images(root / "images", n=3, seed=1)
     return root
 
@@ -299,3 +300,49 @@ def test_manifest_constants_have_one_owner():
     for module in (export, onnx_engine):
         src = Path(module.__file__).read_text()
         assert "FORMAT_VERSION = " not in src and 'MANIFEST_FILE = "' not in src
+
+
+# -- the run's own cached export, and --out ------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["manifest truncated", "piece empty", "score bogus"])
+def test_a_damaged_cached_export_is_rebuilt_once_saying_so(export, tmp_path, run_cli, damage):
+    run = tmp_path / "run"
+    shutil.copytree(export / "run", run)
+    args = ("predict", str(export / "images"), "--run", str(run), "--engine", "onnxruntime", "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    (cached,) = (run / "cache").glob("onnx-*")
+    VARIANTS[damage](cached, tmp_path)
+    code, out, err = run_cli(*args)
+    assert code == 0 and len(json.loads(out)["predictions"]) == 3, err
+    assert err.count("is damaged") == 1 and "exporting the run again" in err and "--out" not in err
+    code, out, err = run_cli(*args)  # repaired: no second rebuild
+    assert code == 0 and "is damaged" not in err
+
+
+def test_out_that_cannot_be_replaced_is_refused_before_any_work(export, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    here = tmp_path / "here"
+    here.mkdir()
+    for out in (".", str(tmp_path), "/"):
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", "export", "--run",
+                              str(export / "run"), "--out", out], capture_output=True, text=True, cwd=here, timeout=120)
+        err = [line for line in res.stderr.splitlines() if not line.startswith(("import time:", "run "))]
+        assert res.returncode == 1 and len(err) == 1 and "cannot be replaced" in err[0], (out, err)
+        assert "import time:" in res.stderr and "| torch" not in res.stderr  # refused before loading anything
+    assert list(here.iterdir()) == []
+
+
+def test_a_symlinked_out_is_updated_at_its_target(export, tmp_path, run_cli):
+    target = tmp_path / "releases" / "v1"
+    shutil.copytree(export / "good", target)
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    code, _, err = run_cli("export", "--run", str(export / "run"), "--out", str(link), "--all-exits")
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [p.name for p in (tmp_path / "releases").iterdir()] == ["v1"]  # no leftovers beside it
+    from scan_cli.inference import manifest
+
+    manifest.read(link)
