@@ -251,22 +251,17 @@ def check_graph(path: Path, inputs, expected: list) -> float:
 
 
 # -- the whole export ----------------------------------------------------------------------------------
-def publish_target(out) -> Path:
-    """Where ``--out`` is really written: absolute, and a symbolic link's target (the link stays)."""
-    return Path(os.path.realpath(os.path.abspath(out)))
-
-
 def _prepare_out(out: Path, *, owned: bool = False) -> Path:
     """--out must be a new folder, an empty one, or an earlier scan export (replaced in one atomic
     step, so never the current folder, one above it, or a mount point). ``owned``: a folder scan
     manages itself (the run's ONNX cache), replaced whatever it holds. Returns the folder to publish."""
     from ..files import recover_folder
 
-    given, out = out, publish_target(out)
+    given, out = out, Path(os.path.realpath(out))  # a symbolic link's target is replaced, the link stays
     here = Path.cwd().resolve()
-    if out == here or out in here.parents or out.parent == out or os.path.ismount(out):
-        raise ScanError(f"--out {given} cannot be replaced as a whole (it is {'the current folder' if out == here else 'a folder above the current one' if out in here.parents else 'a mount point'}): "
-                        "give a new folder, e.g. --out deploy")
+    if out == here or out in here.parents or os.path.ismount(out):
+        what = "the current folder" if out == here else "a folder above the current one" if out in here.parents else "a mount point"
+        raise ScanError(f"--out {given} cannot be replaced as a whole (it is {what}): give a new folder, e.g. --out deploy")
     recover_folder(out)  # what a killed export left next to it
     if out.exists() and not out.is_dir():
         raise ScanError(f"--out {given} is a file: give a folder (it is created)")
