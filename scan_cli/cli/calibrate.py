@@ -39,6 +39,10 @@ def calibrate_command(
         raise UsageError(f"--target-acc {target_acc} is outside (0, 1]: give an accuracy such as 0.76")
     if confidence is not None and not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence} is outside (0, 1): give a probability such as 0.95")
+    if plot is not None:
+        from ..calibration.plot import check_plot_path
+
+        check_plot_path(plot)
     run_dir = resolve_run(run)
     doc = calibrate_run(run_dir, target_acc=target_acc, max_drop=max_drop, budget=budget, confidence=confidence,
                         score=score, fallback=fallback, split=split, save=not dry_run, plot=plot, device=device)

@@ -58,6 +58,9 @@ def fit_command(
     from ..training.recipes import load_recipe
     from ._output import print_json
 
+    from ..runs import check_new_run_dir
+
+    check_new_run_dir(None if resume else out)
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                  warmup_epochs=warmup_epochs, augment=augment, hflip=hflip, loss=loss, img_size=img_size, mode=mode,
                  pretrained=pretrained, kd=kd, feature_hint=feature_hint, attention=attention, heads=heads,
