@@ -134,7 +134,7 @@ def test_the_run_records_what_decides_its_splits(tmp_path, hf_cache):
     rec = read_info(tmp_path / "run" / "model.safetensors").recipe
     assert rec["streaming"] is True
     assert rec["data_split"] == {
-        "source": f"file {data}", "streaming": True, "image_column": "image", "label_column": "label",
+        "source": f"file {data}", "root": str(Path(data).absolute()), "streaming": True, "image_column": "image", "label_column": "label",
         "val": {"from": "train", "rule": "content-hash", "key": "image bytes", "fraction": 0.25, "seed": 3},
     }
 

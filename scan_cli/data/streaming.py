@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 STREAM_SHUFFLE_BUFFER = 10_000
 
 
-def _example_key(value) -> bytes:
+def example_key(value) -> bytes:
     """Bytes identifying an image value, for the streamed hold-out hash."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
@@ -59,7 +59,7 @@ def _example_name(value) -> str:
         return str(value)
     import hashlib
 
-    return f"streamed image {hashlib.blake2b(_example_key(value), digest_size=6).hexdigest()}"
+    return f"streamed image {hashlib.blake2b(example_key(value), digest_size=6).hexdigest()}"
 
 
 def _build_streaming_class():
@@ -102,7 +102,7 @@ def _build_streaming_class():
 
         def _in_side(self, value) -> bool:
             fraction, seed, side = self.holdout
-            is_val = in_stream_holdout(_example_key(value), fraction, seed)
+            is_val = in_stream_holdout(example_key(value), fraction, seed)
             return is_val if side == "val" else not is_val
 
         def __iter__(self):
