@@ -48,9 +48,29 @@ def content_hash(path) -> str:
     return h.hexdigest()
 
 
-def row_fingerprint(value) -> str:
-    from .streaming import example_key
+def example_key(value) -> bytes:
+    """Bytes identifying an image value: the streamed hold-out hash and row fingerprints use them."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"])
+        return str(value.get("path")).encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        return str(value).encode()
+    try:
+        from PIL import Image
 
+        if isinstance(value, Image.Image):
+            return value.tobytes()
+    except Exception:  # pragma: no cover
+        pass
+    import numpy as np
+
+    return np.asarray(value).tobytes()
+
+
+def row_fingerprint(value) -> str:
     return hashlib.blake2b(example_key(value), digest_size=12).hexdigest()
 
 
@@ -89,14 +109,32 @@ def _rows(dataset):
     return out
 
 
+def _is_files(dataset) -> bool:  # `FileImages` (duck-typed: dataset.py imports this module)
+    return hasattr(dataset, "paths") and hasattr(dataset, "labels")
+
+
+def _is_rows(dataset) -> bool:  # `HFImages`
+    return hasattr(dataset, "hf") and hasattr(dataset, "indices") and hasattr(dataset, "image_column")
+
+
+def _subset(dataset, **fields):
+    """A copy of a map-style split with other items (its transform and source kept)."""
+    import copy
+
+    import numpy as np
+
+    other = copy.copy(dataset)
+    for name, values in fields.items():
+        setattr(other, name, np.asarray(values, dtype=np.int64) if name in ("indices", "labels") else values)
+    return other
+
+
 def entries(dataset, root: str):
     """[(key, hash)] of a map-style split, and how they are matched ("path" or "content");
     None for a split without stable keys (in-memory arrays, streams)."""
-    from .dataset import FileImages, HFImages
-
-    if isinstance(dataset, FileImages):
+    if _is_files(dataset):
         return [(_rel(p, root), content_hash(p)) for p in dataset.paths], "path"
-    if isinstance(dataset, HFImages):
+    if _is_rows(dataset):
         return [(f"row {r}", fp) for r, fp in _rows(dataset)], "content"
     return None
 
@@ -130,9 +168,7 @@ def build(splits, root: str):
     val, match = found
     train = []
     if splits.val_from_train and splits.train is not None:
-        from .dataset import FileImages
-
-        train = ([_rel(p, root) for p in splits.train.paths] if isinstance(splits.train, FileImages)
+        train = ([_rel(p, root) for p in splits.train.paths] if _is_files(splits.train)
                  else [fp for _, fp in _rows(splits.train)])
     return {"format": FORMAT, "root": root, "match": match, "key": FILE_KEY if match == "path" else ROW_KEY,
             "digest": digest(val), "val": [list(e) for e in val],
@@ -167,8 +203,6 @@ def rebuild(splits, doc: dict, held_from_train: bool):
     """`splits` with validation rebuilt from the record `doc`: exactly the recorded examples still
     present and unchanged; training examples and examples added since never enter it. Says how many
     were added, names the missing and changed ones, refuses below FLOOR. Sets `splits.val_digest`."""
-    from .dataset import FileImages, HFImages
-
     root = doc.get("root") or ""
     parts = [d for d in ((splits.train if held_from_train else None), splits.val) if d is not None]
     recorded = {k: h for k, h in doc["val"]}
@@ -176,7 +210,10 @@ def rebuild(splits, doc: dict, held_from_train: bool):
     kept, rest, changed, added, seen = [], [], [], 0, set()
     if doc.get("match") == "path":
         for d in parts:
-            for path, label in d.samples:
+            if not _is_files(d):
+                raise ScanError("the run recorded image files, but the data is now another kind of source: restore "
+                                "the data, or pass --data with the data to use")
+            for path, label in zip(d.paths, d.labels.tolist()):
                 key = _rel(path, root)
                 if key in recorded and key not in seen:
                     seen.add(key)
@@ -192,7 +229,7 @@ def rebuild(splits, doc: dict, held_from_train: bool):
     else:
         by_hash = {h: k for k, h in doc["val"]}
         for d in parts:
-            if not isinstance(d, HFImages):
+            if not _is_rows(d):
                 raise ScanError("the run recorded rows of a `datasets` source, but the data is now another kind of "
                                 "source: restore the data, or pass --data with the data to use")
             for (row, fp), label in zip(_rows(d), d.labels.tolist()):
@@ -219,18 +256,17 @@ def rebuild(splits, doc: dict, held_from_train: bool):
     if added:
         log.warning(f"{added} example(s) added to the data since 'scan fit' are left out of validation "
                     "(validation is what fit held out)")
-    val = splits.val
     if by_hash is None:
-        splits.val = FileImages([(p, lab) for _, p, lab in kept], val.transform)
+        splits.val = _subset(splits.val, paths=[str(p) for _, p, _ in kept], labels=[lab for *_, lab in kept])
         if splits.train is not None:
-            splits.train = FileImages(rest, splits.train.transform)
-    else:
+            splits.train = _subset(splits.train, paths=[str(p) for p, _ in rest], labels=[lab for _, lab in rest])
+    else:  # held out of train, both sides read the same source; else validation is its own split
         src = parts[-1]
-        splits.val = HFImages(src.hf, src.image_column, [r for _, (_, r), _ in kept], [lab for *_, lab in kept],
-                              val.transform)
+        splits.val = _subset(splits.val, hf=src.hf, indices=[r for _, (_, r), _ in kept],
+                             labels=[lab for *_, lab in kept])
         if splits.train is not None and held_from_train:
-            splits.train = HFImages(src.hf, src.image_column, [r for (_, r), _ in rest], [lab for _, lab in rest],
-                                    splits.train.transform)
+            splits.train = _subset(splits.train, hf=src.hf, indices=[r for (_, r), _ in rest],
+                                   labels=[lab for _, lab in rest])
     splits.split_sizes["val"] = len(splits.val)
     splits.val_digest = digest((k, recorded[k]) for k in present)
     return splits

@@ -23,32 +23,11 @@ import os
 from .images import describe_error, draft_size
 from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
+from .membership import example_key
 
 log = logging.getLogger(__name__)
 
 STREAM_SHUFFLE_BUFFER = 10_000
-
-
-def example_key(value) -> bytes:
-    """Bytes identifying an image value, for the streamed hold-out hash."""
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return bytes(value["bytes"])
-        return str(value.get("path")).encode()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, (str, os.PathLike)):
-        return str(value).encode()
-    try:
-        from PIL import Image
-
-        if isinstance(value, Image.Image):
-            return value.tobytes()
-    except Exception:  # pragma: no cover
-        pass
-    import numpy as np
-
-    return np.asarray(value).tobytes()
 
 
 def _example_name(value) -> str:
