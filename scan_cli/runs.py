@@ -190,8 +190,10 @@ class Run:
         return self._models[key], self.info
 
     # -- caches: every name built here ----------------------------------------------------------------
-    def outputs_cache(self, split: str) -> Path:
-        return self.cache_dir / f"{split}-outputs-v2-{self.fingerprint}.safetensors"
+    def outputs_cache(self, split: str, digest: str) -> Path:
+        """Exit outputs of a split, per artifact and per data (``data.split_digest``: for validation the
+        membership digest), so outputs of different data are never mixed."""
+        return self.cache_dir / f"{split}-outputs-v3-{self.fingerprint}-{digest}.safetensors"
 
     def macs_cache(self, input_size: int) -> Path:
         return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"

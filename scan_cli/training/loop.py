@@ -225,7 +225,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
     summary["skipped_images"] = {"when listed": splits.skipped.count,
                                  **{k: v.count for k, v in skipped.items() if getattr(splits, k) is not None}}
     # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
-    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
+    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record(save_to=run_dir)}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}
