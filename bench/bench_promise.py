@@ -44,16 +44,15 @@ def run_outputs(run_dir: Path, cache: Path) -> dict:
     """Exit logits and labels of validation and test, and the costs, cached as one .npz."""
     if cache.is_file():
         return dict(np.load(cache))
-    from scan_cli import artifact
     from scan_cli.calibration.run import costs_of, split_outputs
-    from scan_cli.runs import model_path
+    from scan_cli.runs import Run
 
-    info = artifact.read_info(model_path(run_dir))
+    run = Run(run_dir)
     out = {}
     for split in ("val", "test"):
-        logits, labels, _ = split_outputs(run_dir, info, split)
+        logits, labels, _ = split_outputs(run, split)
         out[f"{split}_logits"], out[f"{split}_labels"] = np.asarray(logits, np.float32), np.asarray(labels)
-    costs = costs_of(run_dir, info)
+    costs = costs_of(run)
     out["costs"], out["heads"] = np.asarray(costs.cumulative), np.asarray(costs.heads)
     out["backbone"] = np.array(costs.backbone_macs)
     cache.parent.mkdir(parents=True, exist_ok=True)
