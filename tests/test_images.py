@@ -172,6 +172,8 @@ def test_a_symlink_loop_is_never_followed(tmp_path):
     assert rel == ["a/x.png", "b/y.png", "b/z.png"]
     # walking one class folder must not climb out of it through the loop either
     assert [p.name for p in find_images([str(root / "a")])] == ["x.png"]
+    # and a glob walks by the same rule (it once followed a/up/a/up/... without end)
+    assert sorted(p.relative_to(root).as_posix() for p in find_images([f"{root}/**/*.png"])) == rel
 
 
 def test_a_glob_never_follows_a_symlink_loop(tmp_path, monkeypatch):
