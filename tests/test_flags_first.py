@@ -13,6 +13,8 @@ CASES = [
     (["fit", "test_resnet", "--lr", "inf"], "lr"),
     (["fit", "test_resnet", "--out", "{runs}/latest"], "--out"),
     (["calibrate", "--run", "{tmp}/missing", "--plot", "x.txt"], "--plot"),
+    (["fit", "test_resnet", "--splits", "bogus"], "bogus"),
+    (["fit", "resnet10_cifar", "--splits", "bogus"], "bogus"),  # a built-in plugin backbone declares its units too
 ]
 
 
