@@ -473,6 +473,35 @@ def test_cli_engine_errors(run_cli, resnet_case):
     assert code == 2 and "training run" in err and err.count("\n") == 1
 
 
+def test_onnx_engine_refuses_a_bad_pixel_limit_up_front(run_cli, resnet_case, monkeypatch):
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "abc")  # as the torch engine: a usage error, not a row per image
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(resnet_case.out), "--json")
+    assert code == 2 and "SCAN_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1 and out == ""
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_a_threshold_of_minus_inf_always_fires_and_json_says_so(run_cli, resnet_case, engine):
+    run = resnet_case.run if engine == "torch" else resnet_case.out
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(run), "--thresholds=-inf,none,none",
+                             "--json", "--workers", "0", "--drift", "off")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {p["exit"] for p in doc["predictions"]} == {1}  # exit 1 answered every image
+    assert doc["summary"]["policy"]["thresholds"] == ["-inf", None, None]  # null would say "never fires"
+    assert "thresholds always, never, never" in err
+
+
+def test_exported_heads_that_cannot_fire_are_counted_and_named(run_cli, resnet_case):
+    """ONNX Runtime runs a whole graph, so an export folder's heads run even where they cannot fire."""
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(resnet_case.out), "--thresholds",
+                             "none,none,none", "--json", "--workers", "0", "--drift", "off")
+    assert code == 0, err
+    doc = json.loads(out)
+    ran = resnet_case.manifest["macs"]["exits_cumulative"][-1]  # the last exit with every exported head
+    assert {p["exit"] for p in doc["predictions"]} == {4} and {p["macs"] for p in doc["predictions"]} == {ran}
+    assert "exits 1, 2, 3 never fire" in err and "heads still run" in err and "training run" in err
+
+
 def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case, tmp_path):
     run_dir = resnet_case.run
     a_file = tmp_path / "file.txt"

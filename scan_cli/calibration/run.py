@@ -147,7 +147,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     doc["drift_reference"] = reference_from_logits(logits, result.thresholds, score, fallback)
     from ..exit_outputs import exit_order_warning
 
-    warning = exit_order_warning(logits, labels)
+    warning = exit_order_warning(logits, labels, mode=(run.info.recipe or {}).get("mode"))
     if warning:
         import logging
 

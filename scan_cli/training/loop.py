@@ -215,7 +215,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
 
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
-    warning = exit_order_warning(val_logits, val_labels)
+    warning = exit_order_warning(val_logits, val_labels, mode=recipe.mode)
     if warning:
         log.warning(warning)
         summary["warnings"] = [warning]
