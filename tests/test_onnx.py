@@ -505,6 +505,13 @@ def test_exported_heads_that_cannot_fire_are_counted_and_named(run_cli, resnet_c
     assert "exits 1, 2, 3 never fire" in err and "heads still run" in err and "training run" in err
 
 
+def test_an_opset_the_installed_onnx_does_not_know_is_refused(run_cli, resnet_case, tmp_path):
+    # it was written as opset 18 graphs under a manifest saying 99
+    code, out, err = run_cli("export", "--run", str(resnet_case.run), "--opset", "99", "--out", str(tmp_path / "o"))
+    err = without_run_line(err)
+    assert code == 2 and "--opset 99" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case, tmp_path):
     run_dir = resnet_case.run
     a_file = tmp_path / "file.txt"
