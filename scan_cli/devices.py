@@ -7,8 +7,22 @@ from typing import Optional
 from .errors import ScanError, UsageError
 
 
+# torch's device types a user may name (torch.device checks the rest once torch is loaded)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia", "xla", "meta", "privateuseone")
+
+
+def check_device(device: Optional[str]) -> None:
+    """A --device that cannot name a device, refused before torch is imported (about 2 s)."""
+    if device in (None, "", "auto"):
+        return
+    kind, _, index = str(device).partition(":")
+    if kind not in DEVICE_TYPES or (_ and not index.isdigit()):
+        raise UsageError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: Optional[str]):
     """'auto' (or None) = cuda when available, else cpu; otherwise the named device, checked."""
+    check_device(device)
     import torch
 
     if device in (None, "", "auto"):

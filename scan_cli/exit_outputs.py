@@ -129,8 +129,9 @@ def exits_beating_last(logits, labels, z: float = 2.0) -> list[dict]:
     return out
 
 
-def exit_order_warning(logits, labels, split: str = "validation") -> Optional[str]:
-    """One line for people when an earlier exit beats the last one beyond noise, else None."""
+def exit_order_warning(logits, labels, split: str = "validation", mode: Optional[str] = None) -> Optional[str]:
+    """One line for people when an earlier exit beats the last one beyond noise, else None. ``mode``
+    (the run's --mode) keeps it from advising the way the run was already trained."""
     found = exits_beating_last(logits, labels)
     if not found:
         return None
@@ -139,5 +140,6 @@ def exit_order_warning(logits, labels, split: str = "validation") -> Optional[st
     return (f"exit {best['exit']}/{K} is more accurate than the last exit on {split} data "
             f"({100 * best['accuracy']:.1f} % vs {100 * best['last_accuracy']:.1f} %; {best['only_this']} images only it "
             f"gets right, {best['only_last']} only the last): --max-drop is measured against the last exit, so it "
-            "promises little here. Try more --epochs, the default loss (--loss scan), or training on a trained "
-            "backbone (--weights FILE --mode heads)")
+            "promises little here. Try more --epochs, the default loss (--loss scan), or "
+            + ("training backbone and exits together (--mode joint)" if mode == "heads" else
+               "training on a trained backbone (--weights FILE --mode heads)"))

@@ -5,6 +5,7 @@ each a float or ``None`` when that exit never fires. An exit that never fires ru
 attention, no head) unless the ensemble fallback needs its logits. The last exit has no threshold: it
 answers every image that reaches it. Numeric code (the threshold search, numpy arrays, JSON written
 by older versions) writes "never" as +inf; ``shallow`` and ``numeric`` convert at that boundary.
+-inf is a real threshold (the exit always fires); JSON spells it "-inf" (``to_json``).
 
 The calibration stored in an artifact's metadata is read only through ``Calibration``.
 """
@@ -27,6 +28,19 @@ DEFAULT_FALLBACK = "last"
 def fires(threshold) -> bool:
     """Whether an exit with this threshold can answer at all (None and +inf never do; -inf always does)."""
     return threshold is not None and float(threshold) != math.inf
+
+
+def to_json(threshold):
+    """A threshold as JSON holds it: null = never fires, "-inf" = always fires (strict JSON has no
+    -Infinity, and null would read as "never"); ``shallow`` reads both back."""
+    return "-inf" if threshold is not None and float(threshold) == -math.inf else threshold
+
+
+def describe(threshold) -> str:
+    """A threshold for people: never, always or the number."""
+    if not fires(threshold):
+        return "never"
+    return "always" if float(threshold) == -math.inf else f"{float(threshold):.4g}"
 
 
 def shallow(thresholds, num_exits: int) -> list:
@@ -132,7 +146,7 @@ class ExitPolicy:
         return effective_costs(cascade_costs.cumulative, cascade_costs.heads, self.thresholds, self.fallback)
 
     def to_dict(self) -> dict:
-        return {"thresholds": list(self.thresholds), "score": self.score, "fallback": self.fallback,
+        return {"thresholds": [to_json(t) for t in self.thresholds], "score": self.score, "fallback": self.fallback,
                 "source": self.source}
 
 

@@ -47,6 +47,13 @@ def check_new_run_dir(out) -> None:
     if out is not None and os.path.abspath(out) == os.path.abspath(latest_link()):
         raise UsageError(f"--out {out} is the link scan points at the newest run: give another folder, "
                          "e.g. --out runs/my-run")
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for the new run")
+    if (out / MODEL_FILE).exists() or (out / CHECKPOINT_FILE).exists():  # found before the data and model load
+        raise UsageError(f"--out {out} already holds a run: pick another --out, or --resume {out}")
 
 
 def mark_latest(run_dir: Path, root: Optional[Path] = None) -> None:

@@ -127,7 +127,10 @@ def test_build_kwargs_in_metadata_never_reach_the_model_builder(saved, monkeypat
     model, info = artifact.load(path)
     assert calls and all(set(kw) <= {"num_classes", "pretrained"} for kw in calls), calls
     assert all(kw.get("pretrained") is False for kw in calls)
-    assert not hasattr(info, "build_kwargs") or not info.build_kwargs
+    # nothing of them is kept: not on the info, not in what a re-save would write
+    assert not any(k == "build_kwargs" or v == kwargs for k, v in vars(info).items())
+    assert all("build_kwargs" not in v and "evil" not in v and "features_only" not in v
+               for v in info.to_metadata().values())
     assert any("build_kwargs" in m and "ignored" in m for m in scan_log)
 
 

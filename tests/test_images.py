@@ -172,6 +172,33 @@ def test_a_symlink_loop_is_never_followed(tmp_path):
     assert rel == ["a/x.png", "b/y.png", "b/z.png"]
     # walking one class folder must not climb out of it through the loop either
     assert [p.name for p in find_images([str(root / "a")])] == ["x.png"]
+    # and a glob walks by the same rule (it once followed a/up/a/up/... without end)
+    assert sorted(p.relative_to(root).as_posix() for p in find_images([f"{root}/**/*.png"])) == rel
+
+
+def test_a_glob_never_follows_a_symlink_loop(tmp_path, monkeypatch):
+    import os
+
+    from scan_cli.data.factory import data_source
+
+    d = tmp_path / "d"
+    save(noise(seed=1), d / "x.png")
+    save(noise(seed=2), d / "sub" / "y.png")
+    (d / "part.parquet").write_bytes(b"")
+    (d / "a").symlink_to(".")  # one loop: a plain recursive glob lists d/a/a/a/... until ELOOP
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": (listed.append(os.path.realpath(p)), real_scandir(p))[1])
+    rel = [p.relative_to(d).as_posix() for p in find_images([f"{d}/**/*.png"])]
+    assert rel == ["sub/y.png", "x.png"]
+    assert len(listed) == len(set(listed)), "a folder was listed twice: a link loop was followed"
+    listed.clear()
+    kind, (files, _, _) = data_source(f"{d}/**/*.parquet")  # --data globs by the same rule
+    assert kind == "columnar" and [f.name for f in files] == ["part.parquet"]
+    assert len(listed) == len(set(listed))
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    (d / "b").symlink_to(".")  # two loops: 2**40 paths for a plain recursive glob (it never finishes)
+    assert len(find_images([f"{d}/**/*.png", f"{d}/*/*.png"])) == 2
 
 
 def test_a_symlinked_duplicate_is_listed_once(tmp_path):

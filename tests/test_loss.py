@@ -113,6 +113,16 @@ def test_warns_when_an_earlier_exit_beats_the_last_beyond_noise():
     assert "exit 1/3" in line and "--max-drop" in line and "--weights FILE --mode heads" in line
 
 
+def test_the_warning_never_advises_the_mode_the_run_was_trained_in():
+    from scan_cli.exit_outputs import exit_order_warning
+
+    right = np.ones((200, 3), dtype=bool)
+    right[:30, 2] = False  # exit 1 beats the last beyond noise
+    line = exit_order_warning(*_exit_logits(right), mode="heads")  # already on a trained backbone
+    assert "exit 1/3" in line and "--mode heads" not in line and "--mode joint" in line
+    assert "--weights FILE --mode heads" in exit_order_warning(*_exit_logits(right), mode="joint")
+
+
 def test_no_warning_within_noise():
     from scan_cli.exit_outputs import exit_order_warning
 

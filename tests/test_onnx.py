@@ -396,12 +396,15 @@ def run_readme_loop(tmp_path, folder, paths) -> list:
     return [(label, int(exit_)) for _, label, exit_ in rows]
 
 
-def test_readme_loop_cannot_import_scan(tmp_path):
-    import subprocess
-
-    guard = "import sys; sys.modules.update(dict.fromkeys(('scan_cli', 'torch'))); import scan_cli"
-    res = subprocess.run([sys.executable, "-I", "-c", guard], capture_output=True, text=True)
-    assert res.returncode == 1 and "import of scan_cli halted" in res.stderr  # the loop's guard works
+def test_readme_loop_runs_without_scan_or_torch(run_cli, resnet_case, tmp_path):
+    """The README's loop, in an interpreter where importing scan_cli or torch fails, answers every
+    image as scan predict does on the same export folder."""
+    code, out, err = run_cli("predict", *map(str, resnet_case.paths), "--run", str(resnet_case.out), "--json",
+                             "--workers", "0", "--drift", "off")
+    assert code == 0, err
+    answers = [(p["label"], p["exit"]) for p in json.loads(out)["predictions"]]
+    assert len({e for _, e in answers}) > 1  # early exit really happened
+    assert run_readme_loop(tmp_path, resnet_case.out, resnet_case.paths) == answers
 
 
 @pytest.mark.slow
@@ -471,6 +474,42 @@ def test_cli_engine_errors(run_cli, resnet_case):
     assert code == 2 and err.count("\n") == 1
     code, _, err = run_cli("predict", str(folder), "--run", str(out), "--target-acc", "0.9")
     assert code == 2 and "training run" in err and err.count("\n") == 1
+
+
+def test_onnx_engine_refuses_a_bad_pixel_limit_up_front(run_cli, resnet_case, monkeypatch):
+    monkeypatch.setenv("SCAN_MAX_IMAGE_PIXELS", "abc")  # as the torch engine: a usage error, not a row per image
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(resnet_case.out), "--json")
+    assert code == 2 and "SCAN_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1 and out == ""
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_a_threshold_of_minus_inf_always_fires_and_json_says_so(run_cli, resnet_case, engine):
+    run = resnet_case.run if engine == "torch" else resnet_case.out
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(run), "--thresholds=-inf,none,none",
+                             "--json", "--workers", "0", "--drift", "off")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {p["exit"] for p in doc["predictions"]} == {1}  # exit 1 answered every image
+    assert doc["summary"]["policy"]["thresholds"] == ["-inf", None, None]  # null would say "never fires"
+    assert "thresholds always, never, never" in err
+
+
+def test_exported_heads_that_cannot_fire_are_counted_and_named(run_cli, resnet_case):
+    """ONNX Runtime runs a whole graph, so an export folder's heads run even where they cannot fire."""
+    code, out, err = run_cli("predict", str(resnet_case.folder), "--run", str(resnet_case.out), "--thresholds",
+                             "none,none,none", "--json", "--workers", "0", "--drift", "off")
+    assert code == 0, err
+    doc = json.loads(out)
+    ran = resnet_case.manifest["macs"]["exits_cumulative"][-1]  # the last exit with every exported head
+    assert {p["exit"] for p in doc["predictions"]} == {4} and {p["macs"] for p in doc["predictions"]} == {ran}
+    assert "exits 1, 2, 3 never fire" in err and "heads still run" in err and "training run" in err
+
+
+def test_an_opset_the_installed_onnx_does_not_know_is_refused(run_cli, resnet_case, tmp_path):
+    # it was written as opset 18 graphs under a manifest saying 99
+    code, out, err = run_cli("export", "--run", str(resnet_case.run), "--opset", "99", "--out", str(tmp_path / "o"))
+    err = without_run_line(err)
+    assert code == 2 and "--opset 99" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
 def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case, tmp_path):

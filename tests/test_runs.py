@@ -86,15 +86,34 @@ def test_ctrl_c_in_fit_names_the_run_and_the_resume_command(run_cli, folder, tmp
     assert (run / "checkpoint.safetensors").is_file() and not (run / "model.safetensors").exists()
 
 
-def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeypatch):
-    import scan_cli.calibration.run as calibrating
+@pytest.mark.parametrize("where", ["search", "write"])
+def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeypatch, tmp_path, where):
+    """A real SIGINT inside the real calibrate: during the threshold search, or while the model file
+    is being rewritten with the thresholds. The model file stays as it was, no temporary is left."""
+    import signal
 
-    def boom(*a, **k):
-        raise KeyboardInterrupt
+    import scan_cli.calibration.choose as choosing
+    from conftest import copy_of
 
-    monkeypatch.setattr(calibrating, "calibrate_run", boom)
-    code, out, err = run_cli("calibrate", "--run", str(trained_run), "--max-drop", "0.01")
+    run = copy_of(trained_run, tmp_path)
+    before = (run / "model.safetensors").read_bytes()
+    ctrl_c = lambda: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731  (Python raises KeyboardInterrupt next)
+    if where == "search":
+        real = choosing.calibrate
+        monkeypatch.setattr(choosing, "calibrate", lambda *a, **k: (ctrl_c(), real(*a, **k))[1])
+    else:
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".model.safetensors.tmp-"):
+                ctrl_c()
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.01")
     assert code == 130 and without_run_line(err).strip() == "interrupted" and out == ""
+    assert (run / "model.safetensors").read_bytes() == before
+    assert not list(run.rglob("*.tmp-*"))
 
 
 def test_atomic_write_follows_the_umask_and_keeps_the_old_file_on_failure(tmp_path):

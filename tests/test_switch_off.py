@@ -38,17 +38,29 @@ def test_expected_cost_prices_a_switched_off_exit_at_zero():
     assert ens.macs == pytest.approx(0.5 * 3 + 0.5 * 8)  # the ensemble needs every head
 
 
-def test_calibrate_and_evaluate_report_switched_off_costs(run_cli, trained_run):
+def test_calibrate_and_evaluate_report_switched_off_costs(run_cli, trained_run, tmp_path):
     import json
+
+    from conftest import copy_of
+    from scan_cli import artifact
 
     code, out, err = run_cli("calibrate", "--run", str(trained_run), "--budget", "1.0", "--json", "--dry-run")
     assert code == 0, err
     doc = json.loads(out)
-    off = [k for k, t in enumerate(doc["thresholds"][:-1]) if t is None]
     expected = sum(s * c for s, c in zip(doc["exit_shares"], doc["exit_macs"]))
     assert doc["expected_macs"] == pytest.approx(expected)
-    if off:  # a switched-off exit leaves its head out of every later exit's cost
-        assert doc["exit_macs"][-1] <= doc["backbone_macs"] + sum(h for j, h in enumerate(doc["head_macs"]) if j not in off) + 1
+    heads = doc["head_macs"]
+    # a calibration with exits 2 and 3 surely switched off (exit 1 on, at a score no image reaches)
+    run = copy_of(trained_run, tmp_path)
+    artifact.update_metadata(run / "model.safetensors", calibration={"thresholds": [1.5, None, None, None],
+                                                                      "score": "max_softmax", "fallback": "last"})
+    code, out, err = run_cli("evaluate", "--run", str(run), "--split", "val", "--json")
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["cascade"]["exit_shares"] == [0.0, 0.0, 0.0, 1.0] and heads[1] > 0 and heads[2] > 0
+    all_on = ev["exits"][-1]["macs_cumulative"]  # the last exit with every head running
+    # the switched-off exits' heads are taken off the last exit's cost; exit 1's head still runs
+    assert ev["cascade"]["expected_macs"] == pytest.approx(all_on - heads[1] - heads[2])
 
 
 def test_predict_and_profile_say_the_same_thing_the_same_way(run_cli, trained_run, tmp_path):

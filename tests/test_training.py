@@ -136,6 +136,19 @@ def test_resume_ends_with_identical_weights(folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_training_set_smaller_than_the_batch_still_trains(folder, tmp_path, scan_log):
+    # 42 images, a quarter held out: ~31 to train on, the default batch is 64 (full batches only)
+    out = tmp_path / "small"
+    summary = fit(FitOptions(backbone="resnet10_cifar", recipe=tiny_recipe(data=str(folder), epochs=1, batch_size=64, lr=None),
+                             out=out))
+    train = summary["split_sizes"]["train"]
+    assert summary["history"][0]["images"] == train < 64
+    saved = json.loads((out / "recipe.json").read_text())
+    assert saved["batch_size"] == train and saved["lr"] < 0.4 * 64 / 256  # the auto lr follows the smaller batch
+    line = next(m for m in scan_log if m.startswith("recipe "))
+    assert f"batch {train} (the whole training set; 64 asked)" in line
+
+
 def test_heads_mode_keeps_the_backbone_fixed(folder, tmp_path):
     from safetensors.torch import load_file
 

@@ -49,8 +49,9 @@ def _spec(arch: str) -> BackboneSpec:
     def build(num_classes=None, pretrained: bool = False):  # the contract's two arguments, nothing else
         return build_cifar_resnet(arch, num_classes=num_classes, pretrained=pretrained)
 
+    # units declared, so `fit --splits` is checked before torch (verified against every build)
     return BackboneSpec(id=arch, family="resnet_cifar", input_size=32, split_points=splits,
-                        build=build, description=description)
+                        build=build, description=description, unit_names=tuple(f"layer{i}" for i in range(1, 5)))
 
 
 provider = Provider(

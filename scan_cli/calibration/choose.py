@@ -141,6 +141,23 @@ def _promise(target: dict, guarantee: dict | None, n: int) -> dict | None:
             f"accuracy on these {n} validation images >= {100 * a:.2f}% (on new data expect less)"}
 
 
+def check_goal(target_acc=None, max_drop=None, budget=None, confidence=None) -> None:
+    """What calibrate is asked for, checked before any data or model loads (NaN fails every range)."""
+    if sum(v is not None for v in (target_acc, max_drop, budget)) != 1:
+        raise UsageError("give exactly one of --target-acc, --max-drop or --budget")
+    if target_acc is not None and not (0.0 < target_acc <= 1.0):
+        raise UsageError(f"--target-acc {target_acc} is outside (0, 1]: give an accuracy such as 0.76")
+    if max_drop is not None and not (0.0 <= max_drop < 1.0):
+        raise UsageError(f"--max-drop {max_drop} is outside [0, 1): give an accuracy drop such as 0.01")
+    if budget is not None and not 0.0 < budget < float("inf"):
+        raise UsageError(f"--budget {budget} is not a positive fraction of the backbone's MACs: give one such as 0.5")
+    if confidence is not None:
+        if budget is not None:
+            raise UsageError("--confidence certifies an accuracy target: use it with --target-acc or --max-drop")
+        if not (0.0 < confidence < 1.0):
+            raise UsageError(f"--confidence {confidence} is outside (0, 1): give a probability such as 0.95")
+
+
 def calibrate(
     data: CascadeData,
     *,
@@ -168,19 +185,7 @@ def calibrate(
     ``correct_selection`` (default on): aim for the target on new images, not on these
     (``selection.py``); off is the plain validation optimum (tests of the search, the benchmark).
     """
-    if sum(v is not None for v in (target_acc, max_drop, budget)) != 1:
-        raise UsageError("give exactly one of --target-acc, --max-drop or --budget")
-    if target_acc is not None and not (0.0 < target_acc <= 1.0):
-        raise UsageError(f"--target-acc must be an accuracy in (0, 1], got {target_acc}")
-    if max_drop is not None and not (0.0 <= max_drop < 1.0):
-        raise UsageError(f"--max-drop must be an accuracy drop in [0, 1), got {max_drop}")
-    if budget is not None and not budget > 0:
-        raise UsageError(f"--budget must be a positive fraction of the backbone's MACs, got {budget}")
-    if confidence is not None:
-        if budget is not None:
-            raise UsageError("--confidence certifies an accuracy target: use it with --target-acc or --max-drop")
-        if not (0.0 < confidence < 1.0):
-            raise UsageError(f"--confidence must be in (0, 1), e.g. 0.95, got {confidence}")
+    check_goal(target_acc, max_drop, budget, confidence)
     backbone_cost = float(data.costs[-1] if backbone_cost is None else backbone_cost)
     if not backbone_cost > 0:
         raise UsageError(f"the backbone cost must be positive, got {backbone_cost}")

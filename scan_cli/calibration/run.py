@@ -100,13 +100,12 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     from .. import artifact
     from ..exit_outputs import exit_correctness
     from .cascade import CascadeData
-    from .choose import calibrate
+    from .choose import calibrate, check_goal
     from .plot import plot_front
 
     if split != "val":
         raise UsageError(f"calibration uses the validation split only, never '{split}': test data must stay unseen")
-    if sum(x is not None for x in (target_acc, max_drop, budget)) != 1:
-        raise UsageError("give exactly one of --target-acc, --max-drop, --budget")
+    check_goal(target_acc, max_drop, budget, confidence)
     run = Run.of(run_dir)
     if data is not None:
         from ..data.splits import is_own_data, run_recipe
@@ -147,7 +146,7 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     doc["drift_reference"] = reference_from_logits(logits, result.thresholds, score, fallback)
     from ..exit_outputs import exit_order_warning
 
-    warning = exit_order_warning(logits, labels)
+    warning = exit_order_warning(logits, labels, mode=(run.info.recipe or {}).get("mode"))
     if warning:
         import logging
 

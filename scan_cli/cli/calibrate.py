@@ -36,10 +36,16 @@ def calibrate_command(
     from ..runs import resolve_run
     from ._output import info, print_json
 
-    if target_acc is not None and not 0 < target_acc <= 1:
-        raise UsageError(f"--target-acc {target_acc} is outside (0, 1]: give an accuracy such as 0.76")
-    if confidence is not None and not 0 < confidence < 1:
-        raise UsageError(f"--confidence {confidence} is outside (0, 1): give a probability such as 0.95")
+    from ..calibration.choose import check_goal
+    from ..devices import check_device
+    from ..policy import check_fallback, check_score
+
+    check_goal(target_acc, max_drop, budget, confidence)  # every flag before the run, the data or torch
+    check_score(score)
+    check_fallback(fallback)
+    check_device(device)
+    if split != "val":
+        raise UsageError(f"calibration uses the validation split only, never '{split}': test data must stay unseen")
     if plot is not None:
         from ..calibration.plot import check_plot_path
 
@@ -122,6 +128,12 @@ def evaluate_command(
     from ..runs import resolve_run
     from ._output import print_json, stdout_console
 
+    from ..data import EVAL_SPLITS
+    from ..devices import check_device
+
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
+    check_device(device)
     doc = evaluate_run(resolve_run(run), split=split, data=data, device=device)
     if as_json:
         print_json(doc)

@@ -60,7 +60,12 @@ def fit_command(
 
     from ..runs import check_new_run_dir
 
+    from ..devices import check_device
+
     check_new_run_dir(None if resume else out)
+    check_device(device)
+    if splits is not None and not any(s.strip() for s in splits.split(",")):
+        raise UsageError(f"--splits '{splits}' names no module: give module paths, e.g. --splits layer1,layer2,layer3")
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                  warmup_epochs=warmup_epochs, augment=augment, hflip=hflip, loss=loss, img_size=img_size, mode=mode,
                  pretrained=pretrained, kd=kd, feature_hint=feature_hint, attention=attention, heads=heads,

@@ -68,6 +68,8 @@ def predict_command(
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
     if drift not in ("on", "off"):
         raise UsageError(f"--drift '{drift}': use on or off")
+    if csv_path is not None and csv_path.is_dir():  # found now, not after every image ran
+        raise UsageError(f"--csv {csv_path} is a folder: give a file name, e.g. --csv {csv_path / 'predictions.csv'}")
     predict = onnx_engine.predict if use_onnx else torch_engine.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k, drift=drift == "on",

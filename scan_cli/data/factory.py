@@ -14,7 +14,6 @@ rebuilt through `splits.py`); transforms come from `transforms.py`, loaders from
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from .digits import load_digits
 from .folder import check_folder, load_folder
 from .hf import COLUMNAR_SUFFIXES, columnar_files, from_hf, is_saved_dataset, load_columnar
 from .hub import check_hub, load_hub, looks_like_path
+from .images import glob_paths
 from .membership import data_root
 from .transforms import TRAIN_TRANSFORMS, effective_data_config
 
@@ -124,8 +124,8 @@ def data_source(spec: str | None) -> tuple[str, object]:
             ".parquet/.arrow files or a Hugging Face dataset id"
         )
     if any(c in text for c in "*?["):
-        hits = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-        files = [Path(h) for h in hits if Path(h).is_file() and Path(h).suffix.lower() in COLUMNAR_SUFFIXES]
+        hits = glob_paths(text)  # never into a link loop, as for folders
+        files = [h for h in hits if h.is_file() and h.suffix.lower() in COLUMNAR_SUFFIXES]
         if not files:
             raise ScanError(f"no .parquet or .arrow files match '{text}': check the pattern")
         return "columnar", (files, None, f"files {text}")

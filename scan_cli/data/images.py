@@ -18,7 +18,6 @@ fraction of a full decode.
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 
@@ -171,9 +170,10 @@ def has_images(folder: Path) -> bool:
     return next(iter_images(folder), None) is not None
 
 
-def iter_images(folder: Path, seen: dict | None = None, duplicates: list | None = None):
-    """`walk_images` one path at a time."""
-    seen = {} if seen is None else seen
+def walk_folders(folder, hidden: bool = False):
+    """`os.walk(folder, followlinks=True)`, sorted, that never follows a link into a loop: a link to a
+    folder already walked, or to the folder it sits in or one of its ancestors, is not entered (the
+    one rule for folders and globs). Hidden folders are skipped unless `hidden`."""
     walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -183,14 +183,59 @@ def iter_images(folder: Path, seen: dict | None = None, duplicates: list | None 
         walked.add(real)
         keep = []
         for d in sorted(dirnames):
-            if d.startswith("."):
+            if d.startswith(".") and not hidden:
                 continue
             target = os.path.realpath(os.path.join(dirpath, d))
             if target in walked or real == target or real.startswith(target.rstrip(os.sep) + os.sep):
                 continue  # a loop (the folder itself or an ancestor) or a folder walked already
             keep.append(d)
         dirnames[:] = keep
-        for name in sorted(filenames):
+        yield dirpath, dirnames, sorted(filenames)
+
+
+def glob_paths(pattern: str) -> list[Path]:
+    """`glob.glob(pattern, recursive=True)`, sorted, walked by `walk_folders` so a link loop is never
+    followed (a plain recursive glob lists d/a/a/a/... and, with two loops, never ends). `*`, `?`,
+    `[...]` match within one name, `**` any number of folders; hidden names only match a part that
+    starts with a dot, as in glob."""
+    import fnmatch
+    import re
+
+    parts = Path(os.path.expanduser(pattern)).parts
+    first = next((i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS)), len(parts))
+    root, rest = Path(*parts[:first]) if first else Path("."), parts[first:]
+    if not rest:
+        return [root] if root.exists() else []
+    regexes = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in rest]
+    deepest = None if None in regexes else len(rest) - 1  # no `**`: folders deeper than this cannot match
+
+    def matches(names, i=0, j=0) -> bool:
+        if j == len(regexes):
+            return i == len(names)
+        if regexes[j] is None:  # `**`: zero or more names, none hidden
+            return matches(names, i, j + 1) or (i < len(names) and not names[i].startswith(".")
+                                                and matches(names, i + 1, j))
+        return (i < len(names) and (not names[i].startswith(".") or rest[j].startswith("."))
+                and regexes[j].match(names[i]) is not None and matches(names, i + 1, j + 1))
+
+    hits = []
+    hidden = any(p.startswith(".") for p in rest)
+    for dirpath, dirnames, filenames in walk_folders(root, hidden=hidden) if root.is_dir() else ():
+        rel = Path(os.path.relpath(dirpath, root)).parts if dirpath != str(root) else ()
+        rel = tuple(p for p in rel if p != ".")
+        hits += [root / Path(*rel, n) for n in (*dirnames, *filenames) if matches((*rel, n))]
+        if deepest is not None and len(rel) >= deepest:
+            dirnames[:] = []
+    if root.is_dir() and first and matches(()):  # `d/**` matches d itself, as in glob
+        hits.append(root)
+    return sorted(set(hits), key=str)
+
+
+def iter_images(folder: Path, seen: dict | None = None, duplicates: list | None = None):
+    """`walk_images` one path at a time."""
+    seen = {} if seen is None else seen
+    for dirpath, dirnames, filenames in walk_folders(folder):
+        for name in filenames:
             if name.startswith(".") or not is_image_file(name):
                 continue
             path = Path(dirpath) / name
@@ -235,7 +280,7 @@ def find_images(inputs: list[str]) -> list[Path]:
             for p in walk_images(path):
                 matched = add(p)
         elif any(c in text for c in _GLOB_CHARS):
-            for hit in sorted(glob.glob(text, recursive=True)):
+            for hit in glob_paths(text):
                 hp = Path(hit)
                 if hp.is_dir():
                     for p in walk_images(hp):

@@ -428,6 +428,11 @@ def export_run(run: Optional[str], out: Optional[str] = None, *, fmt: str = "onn
     out_dir = Path(out) if out else handle.folder / "onnx"
     _prepare_out(out_dir)
     require_export()
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()  # above it the exporter falls back to 18 and says nothing
+    if opset > newest:
+        raise UsageError(f"--opset {opset}: the installed onnx writes opsets 18 to {newest}: give one of those")
     model, info = handle.load()
     if not all_exits and Calibration.from_metadata(info.calibration, len(info.split_points) + 1) is None:
         logging.getLogger(__name__).warning(

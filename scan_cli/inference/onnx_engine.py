@@ -238,8 +238,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
             log=None, drift: bool = True):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
-    from ..data.images import find_images
+    from ..data.images import find_images, max_image_pixels
 
+    max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, as in the torch engine
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
     if top_k < 1:
@@ -253,6 +254,12 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
     cascade = _load_cascade(folder, handle, policy.heads(), threads, log or _log.info)
     cascade.check_policy(policy.thresholds, policy.fallback)
+    idle = [k + 1 for k, (has, needed) in enumerate(zip(cascade.has_head, policy.heads())) if has and not needed]
+    if idle:  # ONNX Runtime runs a whole graph: a head in it runs whether or not its exit can fire
+        which = f"exit {idle[0]} never fires" if len(idle) == 1 else f"exits {', '.join(map(str, idle))} never fire"
+        _log.warning(f"{which} under these thresholds, but {folder} holds their heads: ONNX Runtime runs whole graphs, "
+                     "so their heads still run and are counted in the MACs; pass the training run as --run to "
+                     "export only the heads these thresholds need")
     from ..data import eval_transform
 
     manifest = cascade.manifest

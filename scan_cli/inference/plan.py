@@ -15,8 +15,11 @@ log = logging.getLogger("scan_cli.inference")
 
 def check_flags(*, batch_size: int = 64, top_k: int = 1, channels_last: Optional[str] = "auto",
                 score: Optional[str] = None, fallback: Optional[str] = None, target_acc: Optional[float] = None,
-                thresholds: Optional[str] = None, workers: Optional[int] = None) -> None:
+                thresholds: Optional[str] = None, workers: Optional[int] = None, device: Optional[str] = None) -> None:
     """Usage errors that need no run, no model and no image: checked before anything else."""
+    from ..devices import check_device
+
+    check_device(device)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
     if top_k < 1:

@@ -112,7 +112,9 @@ def summary_lines(summary: dict) -> list:
             lines.append("realised speed-up: not measured (--compare-plain times the plain model on the same images)")
     policy = summary.get("policy")
     if policy:
-        ts = ", ".join("never" if t is None else f"{t:.4g}" for t in policy["thresholds"])
+        from ..policy import describe
+
+        ts = ", ".join(describe(t) for t in policy["thresholds"])
         lines.append(f"thresholds {ts} (score {policy['score']}, fallback {policy['fallback']}; from {policy['source']})")
     return lines
 

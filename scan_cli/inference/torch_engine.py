@@ -126,7 +126,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     from ..profiling import cascade_costs
 
     check_flags(batch_size=batch_size, top_k=top_k, channels_last=channels_last, score=score, fallback=fallback,
-                target_acc=target_acc, thresholds=thresholds, workers=workers)
+                target_acc=target_acc, thresholds=thresholds, workers=workers, device=device)
     max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, not one error row per image
     handle = Run.open(run)
     if thresholds is not None:

@@ -68,7 +68,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     from ..exit_outputs import collect_exit_outputs, exit_accuracies
     from ..model import HeadConfig
     from ..progress import StepClock, make_progress
-    from .recipes import available, describe, resolve
+    from .recipes import available, batch_for_data, describe, resolve
 
     recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
@@ -86,11 +86,13 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     img_size = image_size(recipe, spec)
     data_config = _data_config(spec, img_size)
     num_shallow = len(recipe.splits) if recipe.splits else len(spec.split_points)
-    recipe = resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
+    asked, recipe = recipe, resolve(recipe, img_size=img_size, mode=mode, world_size=dist_info.world_size, num_shallow=num_shallow)
     splits = load_data(recipe.data, data_config=data_config, train_transform=recipe.augment, img_size=img_size,
                        val_fraction=recipe.val_fraction, seed=recipe.seed, image_column=recipe.image_column,
                        label_column=recipe.label_column, streaming=recipe.streaming, hflip=recipe.hflip)
     data_config = dict(splits.data_config or data_config)  # what the transforms really used (e.g. crop_pct)
+    recipe = batch_for_data(asked, recipe, splits.split_sizes.get("train"), world_size=dist_info.world_size,
+                            num_shallow=num_shallow)
     classes = list(splits.classes)
     if len(classes) < 2:
         raise ScanError(f"the data has {len(classes)} class: a classifier needs at least two")
@@ -127,7 +129,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     elif dist_info.is_main:
         log.info(f"run {run_dir}")
     if dist_info.is_main:
-        log.info(describe(recipe, opts.recipe_name))
+        log.info(describe(recipe, opts.recipe_name, asked_batch=asked.batch_size))
         if opts.recipe_name is None and not opts.resume:
             log.info(f"hint: shipped recipes ({', '.join(sorted(available()))}) set everything at once: --recipe NAME")
         sizes = ", ".join(f"{k} {'streamed' if v is None else v}" for k, v in splits.split_sizes.items())
@@ -213,7 +215,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
 
     val_logits, val_labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
     summary["val"] = exit_accuracies(val_logits, val_labels)
-    warning = exit_order_warning(val_logits, val_labels)
+    warning = exit_order_warning(val_logits, val_labels, mode=recipe.mode)
     if warning:
         log.warning(warning)
         summary["warnings"] = [warning]

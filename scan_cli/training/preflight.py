@@ -27,9 +27,13 @@ def check_fit(backbone: Optional[str], recipe, *, weights: Optional[Path] = None
     backbone (its provider's own message comes from the run)."""
     check_weights_file(weights, ema)
     if data:
-        from ..data.factory import check_data
+        from ..data.factory import check_data, data_source
 
         check_data(recipe.data)
+        kind = data_source(recipe.data)[0]
+        if recipe.streaming and kind in ("digits", "folder"):  # nothing to stream: the flag would do nothing
+            raise UsageError(f"--streaming streams a Hugging Face dataset (a Hub id or parquet/arrow files), not "
+                             f"{'digits' if kind == 'digits' else 'an image folder'}: drop --streaming")
     if resume is not None:
         return
     spec = check_backbone(backbone, recipe.splits)

@@ -226,7 +226,20 @@ def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, nu
     return resolved
 
 
-def describe(recipe: Recipe, name: Optional[str]) -> str:
+def batch_for_data(asked: Recipe, resolved: Recipe, train_images: Optional[int], *, world_size: int = 1,
+                   num_shallow: int = 3) -> Recipe:
+    """The batch is never larger than the training set (each process's share): only full batches train,
+    so a larger batch would train on nothing. Resolved again from ``asked`` so an automatic lr follows it."""
+    from dataclasses import replace
+
+    most = max(1, (train_images or 0) // max(1, world_size))
+    if not train_images or resolved.batch_size <= most:  # streamed data: its size is unknown
+        return resolved
+    return resolve(replace(asked, batch_size=most), img_size=resolved.img_size, mode=resolved.mode,
+                   world_size=world_size, num_shallow=num_shallow)
+
+
+def describe(recipe: Recipe, name: Optional[str], asked_batch: Optional[int] = None) -> str:
     """One line with the resolved recipe's key values, for ``fit``'s start."""
     sched = {"cosine": f"{recipe.warmup_epochs:g} warm-up epoch(s) then cosine",
              "multistep": f"lr x {recipe.gamma:g} at epochs {', '.join(map(str, recipe.milestones)) or '(none)'}",
@@ -236,7 +249,9 @@ def describe(recipe: Recipe, name: Optional[str]) -> str:
     aug = {"pad_crop": "pad-and-crop", "rrc": "random-resized-crop", "none": "no augmentation"}[recipe.augment]
     kd = (f"KD lambda {recipe.kd_lambda:g} T {recipe.temperature:g}" + (f" ramped over {recipe.kd_ramp:.0%}" if recipe.kd_ramp else "")
           if recipe.kd else "no KD")
-    return (f"recipe {name or 'defaults'}: {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} "
+    batch = f"{recipe.batch_size}" + (f" (the whole training set; {asked_batch} asked)"
+                                      if asked_batch and asked_batch > recipe.batch_size else "")
+    return (f"recipe {name or 'defaults'}: {recipe.epochs} epochs, batch {batch}, {recipe.optimizer} lr {recipe.lr:g} "
             f"wd {recipe.weight_decay:g}, {sched}; {aug} at {recipe.img_size} px{', flip' if recipe.hflip else ', no flip'}; "
             f"mode {recipe.mode}; loss {recipe.loss} ({kd}, exit grad {recipe.exit_grad:g})")
 
