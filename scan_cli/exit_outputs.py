@@ -139,7 +139,8 @@ def exit_order_warning(logits, labels, split: str = "validation", mode: Optional
     best = max(found, key=lambda f: f["accuracy"])
     return (f"exit {best['exit']}/{K} is more accurate than the last exit on {split} data "
             f"({100 * best['accuracy']:.1f} % vs {100 * best['last_accuracy']:.1f} %; {best['only_this']} images only it "
-            f"gets right, {best['only_last']} only the last): --max-drop is measured against the last exit, so it "
-            "promises little here. Try more --epochs, the default loss (--loss scan), or "
+            f"gets right, {best['only_last']} only the last): the deepest exit is the weakest here (--max-drop is "
+            "measured against the best exit, so calibration still holds). For a better deepest exit try more --epochs, "
+            "the default loss (--loss scan), or "
             + ("training backbone and exits together (--mode joint)" if mode == "heads" else
                "training on a trained backbone (--weights FILE --mode heads)"))
