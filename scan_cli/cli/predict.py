@@ -54,6 +54,7 @@ def predict_command(
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 (with --engine onnxruntime and a training run): run the int8 export of the run, quantized and recalibrated once and cached in its cache/ ('scan export --quantize int8')."),
     drift: str = typer.Option("on", "--drift", help="on: compare these images with what calibration saw and warn when they differ (false-alarm rate 1 %); off: skip it (e.g. for tiny batches)."),
 ):
     from ..inference import onnx_engine, torch_engine
@@ -67,6 +68,10 @@ def predict_command(
 
         raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
+    if quantize is not None and not use_onnx:
+        from ..errors import UsageError
+
+        raise UsageError("--quantize runs the ONNX Runtime engine: add --engine onnxruntime")
     if drift not in ("on", "off"):
         from ..errors import UsageError
 
@@ -74,7 +79,8 @@ def predict_command(
     predict = onnx_engine.predict if use_onnx else torch_engine.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k, drift=drift == "on",
-                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
+                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}),
+                     **({"quantize": quantize} if quantize is not None else {}))
     report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())
