@@ -77,10 +77,18 @@ def predict_command(
 
         raise UsageError(f"--drift '{drift}': use on or off")
     predict = onnx_engine.predict if use_onnx else torch_engine.predict
+    run_folder = None
+    if quantize is not None:  # the run's int8 export, quantized and recalibrated once, runs like any export
+        from ..inference.quantize import check_precision, int8_source
+
+        if check_precision(quantize):
+            folder, handle = int8_source(run, target_acc, log=info)
+            run, run_folder = str(folder), str(handle.folder)
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k, drift=drift == "on",
-                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}),
-                     **({"quantize": quantize} if quantize is not None else {}))
+                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
+    if run_folder is not None:
+        report.summary["run"] = run_folder
     report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())

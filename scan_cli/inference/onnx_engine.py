@@ -211,23 +211,9 @@ def cached_export(run: Run, heads: list, log=None) -> Path:
     return folder
 
 
-def _source(run: Optional[str], thresholds, target_acc, score, fallback, log, quantize=None):
+def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     """(export folder, ExitPolicy, Run or None) for one call."""
-    from .quantize import check_precision
-
     folder = export_folder(run)
-    handle = None
-    if check_precision(quantize):
-        if target_acc is not None:
-            raise UsageError("--target-acc with --quantize int8: the int8 thresholds are searched for the run's own "
-                             "calibration target; give --thresholds, or 'scan calibrate' the run for another target")
-        if folder is not None:
-            raise UsageError(f"{run} is an export: its precision is its own ({read_manifest(folder).get('precision', 'float32')}): "
-                             "drop --quantize, or pass the training run as --run")
-        from .quantize import cached_quantized
-
-        handle = Run.open(run)
-        folder = cached_quantized(handle, log)
     if folder is not None:
         if target_acc is not None:
             raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
@@ -236,7 +222,7 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log, qu
         K = int(manifest["num_exits"])
         cal = Calibration.from_metadata(manifest, K) if manifest.get("calibrated") else None
         policy = exit_policy(cal, K, thresholds=thresholds, score=score, fallback=fallback)
-        return folder, policy, handle
+        return folder, policy, None
     from ..calibration.run import calibrate_run
     from .export import require
 
@@ -253,7 +239,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
-            log=None, drift: bool = True, quantize: Optional[str] = None):
+            log=None, drift: bool = True):
     """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
     from ..data.images import find_images
 
@@ -267,7 +253,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     if (channels_last or "auto").lower() not in ("auto", "off"):
         raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
     paths = find_images(list(inputs))
-    folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info, quantize)
+    folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
     cascade = Cascade(folder, threads=threads)
     cascade.check_policy(policy.thresholds, policy.fallback)
     report = predict_paths(cascade, paths, policy, batch_size=batch_size,

@@ -172,6 +172,21 @@ def quantize_export(run: Optional[str], out: Optional[str] = None, log=None) -> 
     return quantize_run(handle, out_dir, log=log), out_dir
 
 
+def int8_source(run: Optional[str], target_acc=None, log=None) -> tuple[Path, Run]:
+    """`scan predict --engine onnxruntime --quantize int8 --run RUN`: (the run's cached int8 export, the run)."""
+    from .onnx_engine import export_folder, read_manifest
+
+    if target_acc is not None:
+        raise UsageError("--target-acc with --quantize int8: the int8 thresholds are searched for the run's own "
+                         "calibration target; give --thresholds, or 'scan calibrate' the run for another target")
+    folder = export_folder(run)
+    if folder is not None:
+        raise UsageError(f"{run} is an export: its precision is its own ({read_manifest(folder).get('precision', 'float32')}): "
+                         "drop --quantize, or pass the training run as --run")
+    handle = Run.open(run)
+    return cached_quantized(handle, log), handle
+
+
 def cached_quantized(run: Run, log=None) -> Path:
     """``RUN/cache/onnx-<fingerprint>-int8/``, written on first use (``scan predict --quantize int8``)."""
     from .export import MANIFEST_FILE
