@@ -1,7 +1,7 @@
 """`scan export --quantize int8`: int8 pieces whose thresholds are searched again on their own outputs.
 
 Every piece of the run's float export (all heads kept: the recalibrated thresholds may use any exit)
-goes through ONNX Runtime's static quantization: QDQ format, int8 weights per output channel, int8
+goes through ONNX Runtime's static quantization: QDQ format, int8 weights per output channel, uint8
 activations whose ranges are measured (min/max) on the run's validation images (``data.run_split``,
 as ``scan fit`` held them out) — for piece k on the features the float pieces before it produce.
 Quantization changes every exit's logits, so thresholds searched on float outputs would no longer
@@ -113,7 +113,7 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
             drift_reference=doc["drift_reference"],
             quantization={
                 "method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per channel",
-                "activations": "int8, min/max ranges", "calibration_images": int(sum(len(b) for b in sample)),
+                "activations": "uint8, min/max ranges", "calibration_images": int(sum(len(b) for b in sample)),
                 "n_val": int(len(labels)), "settings": doc["settings"],
                 "float_thresholds": list(cal.thresholds),
                 "exits": [{"exit": k + 1, "float_val_accuracy": float(float_acc[k]), "int8_val_accuracy": float(int8_acc[k]),
@@ -135,6 +135,9 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
 def _quantize_piece(src: Path, dst: Path, input_name: str, batches: list) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    # uint8 activations x int8 weights (U8S8): the x86 kernels' fast path (VNNI's u8 x s8 dot product);
+    # int8 activations (S8S8) ran resnet50 slower than float32 here (bench/results/onnx.md)
+
     class Reader(CalibrationDataReader):  # one piece's input, batch by batch
         def __init__(self):
             self.batches = list(batches)
@@ -152,7 +155,7 @@ def _quantize_piece(src: Path, dst: Path, input_name: str, batches: list) -> Non
         pass
     try:
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     except Exception as exc:  # onnxruntime raises its own types
         raise ScanError(f"ONNX Runtime could not quantize {src.name} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
                         "export without --quantize") from None
