@@ -19,6 +19,11 @@ Exits that never fire (threshold null) are exported without their head unless --
 onnx-full also writes full.onnx, one graph with every exit's logits, for serving systems that cannot
 loop. Every graph passes the ONNX checker and is compared with PyTorch before the export is kept.
 
+--quantize int8 (default --out RUN/onnx-int8) quantizes every piece (ONNX Runtime static
+quantization: QDQ, per-channel int8 weights, activation ranges from the run's validation images)
+and searches the thresholds again on the int8 pieces' own validation outputs, for the run's
+calibration target; it prints per exit the float32 vs int8 validation accuracy.
+
 Run the export with `scan predict --run OUT` (ONNX Runtime), or with the loop in the README's
 "Deploying" section (onnxruntime + numpy + Pillow only). Needs the extras: pip install 'scan-cli[onnx]'."""
 

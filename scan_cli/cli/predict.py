@@ -25,7 +25,8 @@ exit (1-based), exit_index (0-based), num_exits, macs (MACs spent on that image)
 goes to stderr.
 
 --engine onnxruntime runs the same early exit on ONNX Runtime (CPU), from a `scan export` of the
-run (made once and cached in the run's cache/) or from an export folder given as --run.
+run (made once and cached in the run's cache/) or from an export folder given as --run (which needs
+neither torch nor timm); --quantize int8 runs the run's int8 export, thresholds searched again on it.
 
 Drift check (--drift on, the default): the images are compared with what calibration saw (exit
 shares and answering scores; two-sample tests, false-alarm rate 1 % on images like the validation
