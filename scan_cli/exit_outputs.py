@@ -29,11 +29,11 @@ def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def read_cached_outputs(run, split: str, skipped=None):
+def read_cached_outputs(run, split: str, digest: str, skipped=None):
     """numpy (logits [n, K, C], labels [n]) cached for this artifact, or None (reads no torch).
     skipped: a `data.SkippedImages` that receives the images left out when the cache was written.
-    (Cache v2: undecodable images are left out; v1 caches replaced them by the next image.)"""
-    path = Run.of(run).outputs_cache(split)
+    (Cache v3: named by the data's digest too, ``data.split_digest``.)"""
+    path = Run.of(run).outputs_cache(split, digest)
     if not path.is_file():
         return None
     import json
@@ -52,25 +52,28 @@ def read_cached_outputs(run, split: str, skipped=None):
     return tensors["logits"], tensors["labels"]
 
 
-def cached_exit_outputs(run, split: str, make_loader, model, device="cpu", skipped=None):
-    """Exit logits for a split (numpy), computed once per artifact and stored in run_dir/cache/.
+def cached_exit_outputs(run, split: str, digest: str, make_loader, model, device="cpu", skipped=None,
+                        write: bool = True):
+    """Exit logits for a split (numpy), computed once per artifact and data digest and stored in
+    run_dir/cache/ (not with write=False: ``--dry-run`` writes nothing).
     skipped: a `data.SkippedImages` that receives the images the loader left out as undecodable
     (recorded in the cache, so a later read reports them too)."""
     run = Run.of(run)
-    cached = read_cached_outputs(run, split, skipped)
+    cached = read_cached_outputs(run, split, digest, skipped)
     if cached is not None:
         return cached
     import json
 
     from safetensors.torch import save_file
 
-    path = run.outputs_cache(split)
+    path = run.outputs_cache(split, digest)
     loader = make_loader()
     logits, labels = collect_exit_outputs(model, loader, device=device, progress=f"{split} exits")
     found = getattr(loader, "skipped", None)
-    meta = {"split": split, "skipped": json.dumps(found.to_dict() if found is not None else {})}
-    files.atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
-                                             str(tmp), metadata=meta))
+    meta = {"split": split, "digest": digest, "skipped": json.dumps(found.to_dict() if found is not None else {})}
+    if write:
+        files.atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
+                                                 str(tmp), metadata=meta))
     if skipped is not None and found is not None and found is not skipped:
         skipped.update(found.to_dict())
     return logits.numpy(), labels.numpy()

@@ -111,3 +111,80 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- whole folders (scan export) -----------------------------------------------------------------------
+def fsync_tree(folder: Path) -> None:
+    """fsync every file in ``folder`` (one level), then the folder itself: its contents are durable
+    before it is published."""
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(Path(folder))
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Publish the complete folder ``tmp`` as ``out`` in one atomic step: a reader (or a kill at any
+    moment) sees either the previous ``out`` or the new one, whole.
+
+    An existing ``out`` is swapped with ``tmp`` by one ``renameat2(RENAME_EXCHANGE)`` (Linux), then the
+    old contents, now under the temporary name, are removed; a kill before that removal leaves them as
+    a temporary of a dead process, which the next export removes. Without the exchange (other systems),
+    the old folder is moved aside first and put back by ``recover_folder`` if a kill comes in between."""
+    tmp, out = Path(tmp), Path(out)
+    if out.exists() and not _exchange(tmp, out):
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, aside)
+        os.replace(tmp, out)
+        tmp = aside
+    elif not out.exists():
+        os.rename(tmp, out)
+    _fsync_dir(out.parent)
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where not available."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    import errno
+
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def recover_folder(out: Path) -> None:
+    """Clean what killed publishers of ``out`` left: their temporaries go, and an ``out`` moved aside
+    by the two-rename fallback (``out`` missing) is put back."""
+    import shutil
+
+    out = Path(out)
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        for prefix in (f".{out.name}.tmp-", f".{out.name}.old-"):
+            pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+            if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+                continue
+            if prefix.endswith(".old-") and not out.exists():
+                os.replace(path, out)
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .scoring import run_cascade
 
 
@@ -41,8 +42,6 @@ class HeadConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "HeadConfig":
         if name not in cls.PRESETS:
-            from .errors import UsageError
-
             raise UsageError(f"unknown head preset '{name}': use one of {', '.join(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -129,15 +128,11 @@ class ScanModel(nn.Module):
         super().__init__()
         unknown = [m for m in split_modules if m not in backbone.unit_names]
         if unknown:
-            from .errors import UsageError
-
             raise UsageError(
                 f"split point(s) {', '.join(unknown)} are not units of this backbone: choose from {', '.join(backbone.unit_names[:-1])}"
             )
         order = [backbone.unit_names.index(m) for m in split_modules]
         if order != sorted(set(order)) or order[-1] == len(backbone.unit_names) - 1:
-            from .errors import UsageError
-
             raise UsageError("split points must be distinct, in execution order, and before the last unit")
         self.backbone = backbone
         self.split_modules = list(split_modules)
@@ -149,8 +144,6 @@ class ScanModel(nn.Module):
         final_c, final_h, _ = shapes["__final__"]
         expand = shapes["__pre_logits__"]
         if head.attention_at not in ("input", "reduced"):
-            from .errors import UsageError
-
             raise UsageError(f"attention_at={head.attention_at!r}: use input or reduced")
         at_input = head.attention and head.attention_at == "input"
         self.attentions = nn.ModuleList()

@@ -39,6 +39,16 @@ def latest_link(root: Optional[Path] = None) -> Path:
     return (Path(root) if root else runs_root()) / "latest"
 
 
+def check_new_run_dir(out) -> None:
+    """``fit --out``: never the ``latest`` link's own path (a real folder there would break every
+    later ``fit`` at its very end)."""
+    from .errors import UsageError
+
+    if out is not None and os.path.abspath(out) == os.path.abspath(latest_link()):
+        raise UsageError(f"--out {out} is the link scan points at the newest run: give another folder, "
+                         "e.g. --out runs/my-run")
+
+
 def mark_latest(run_dir: Path, root: Optional[Path] = None) -> None:
     """Point ``<runs root>/latest`` at ``run_dir``, wherever the run lives (``--out`` included).
 
@@ -180,8 +190,10 @@ class Run:
         return self._models[key], self.info
 
     # -- caches: every name built here ----------------------------------------------------------------
-    def outputs_cache(self, split: str) -> Path:
-        return self.cache_dir / f"{split}-outputs-v2-{self.fingerprint}.safetensors"
+    def outputs_cache(self, split: str, digest: str) -> Path:
+        """Exit outputs of a split, per artifact and per data (``data.split_digest``: for validation the
+        membership digest), so outputs of different data are never mixed."""
+        return self.cache_dir / f"{split}-outputs-v3-{self.fingerprint}-{digest}.safetensors"
 
     def macs_cache(self, input_size: int) -> Path:
         return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"

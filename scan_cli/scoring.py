@@ -3,6 +3,7 @@ loop both engines (PyTorch and ONNX Runtime) run over a batch: ``run_cascade``."
 
 from __future__ import annotations
 
+from .errors import UsageError
 from .policy import SCORES, fires
 
 
@@ -81,7 +82,6 @@ def confidence(logits, kind: str = "max_softmax"):
         return top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0.0)
     if kind == "neg_entropy":
         return (probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1)
-    from .errors import UsageError
 
     raise UsageError(f"unknown score '{kind}': use one of {', '.join(SCORES)}")
 
@@ -108,6 +108,5 @@ def _confidence_numpy(logits, kind: str):
         return top2[:, 1] - top2[:, 0]
     if kind == "neg_entropy":
         return (probs * np.log(np.maximum(probs, np.float32(1e-12)))).sum(axis=-1)
-    from .errors import UsageError
 
     raise UsageError(f"unknown score '{kind}': use one of {', '.join(SCORES)}")

@@ -129,7 +129,7 @@ def test_few_loose_modules_at_the_root():
 
 
 @pytest.mark.parametrize("decision, pattern, home", [
-    ("the manifest format", r"^FORMAT\s*=\s*\"scan-onnx-cascade\"", "inference/export.py"),
+    ("the manifest format", r"^FORMAT\s*=\s*\"scan-onnx-cascade\"", "inference/manifest.py"),
     ("the words that mean 'never fires'", r"^NEVER_WORDS\s*=", "policy.py"),
     ("the stored calibration record", r"^class Calibration\b", "policy.py"),
     ("the early-exit loop", r"^def run_cascade\b", "scoring.py"),

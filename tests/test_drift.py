@@ -131,7 +131,7 @@ def calibrated(tmp_path_factory):
     """A run whose calibration carries a reference computed, as `scan calibrate` does, on 200
     images; then 100 fresh images from the same source and 100 at a fifth of the contrast."""
     from scan_cli.artifact import load
-    from scan_cli.images import find_images
+    from scan_cli.data.images import find_images
     from scan_cli.scoring import confidence
 
     base = tmp_path_factory.mktemp("drift")

@@ -489,27 +489,22 @@ def test_cli_export_bad_out_is_one_line_and_writes_nothing(run_cli, resnet_case,
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "new").exists()
 
 
-def test_exporting_an_uncalibrated_run_says_what_it_gives(run_cli, resnet_case, tmp_path, monkeypatch):
-    """Without thresholds every shallow head would be left out (the plain backbone): say so on stderr."""
+def test_exporting_an_uncalibrated_run_says_what_it_gives(run_cli, resnet_case, tmp_path):
+    """Without thresholds every shallow head is left out (the plain backbone): said on stderr, and
+    the export really has no shallow head; --all-exits keeps them all and says nothing."""
     from scan_cli import artifact
-    from scan_cli.inference import export
 
     run = tmp_path / "run"
     run.mkdir()
     info = artifact.read_info(resnet_case.run / "model.safetensors")
     info.calibration = None
     artifact.save(resnet_case.model, info, run / "model.safetensors")
-    seen = {}
-
-    def fake_export(model, info, out, **kwargs):
-        seen.update(kwargs, calibration=info.calibration)
-        return {"pieces": []}
-
-    monkeypatch.setattr(export, "export_model", fake_export)
     code, out, err = run_cli("export", "--run", str(run), "--out", str(tmp_path / "x"), "--json")
-    assert code == 0 and "not calibrated" in err and "--all-exits" in err and seen["calibration"] is None
+    assert code == 0 and "not calibrated" in err and "--all-exits" in err
+    assert [p["logits"] is not None for p in json.loads(out)["pieces"]] == [False, False, False, True]
     code, out, err = run_cli("export", "--run", str(run), "--out", str(tmp_path / "x"), "--json", "--all-exits")
-    assert code == 0 and "not calibrated" not in err and seen["all_exits"] is True
+    assert code == 0 and "not calibrated" not in err
+    assert all(p["logits"] is not None for p in json.loads(out)["pieces"])
 
 
 def test_failed_export_leaves_nothing(resnet_case, tmp_path, monkeypatch):
@@ -545,6 +540,9 @@ def test_missing_extras_are_one_line(run_cli, resnet_case, monkeypatch, missing,
 def test_a_wrong_run_is_reported_before_torch_or_onnx_is_imported(tmp_path):
     import subprocess
 
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.png")  # an image to predict: the error must be the --run
     for args in (["export", "--run", str(tmp_path / "missing")],
                  ["predict", str(tmp_path), "--engine", "onnxruntime", "--run", str(tmp_path / "missing")]):
         res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", *args], capture_output=True,
@@ -553,6 +551,7 @@ def test_a_wrong_run_is_reported_before_torch_or_onnx_is_imported(tmp_path):
         err = [line for line in lines if not line.startswith("import time:")]
         modules = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
         assert res.returncode == 1 and len(err) == 1 and err[0].startswith("error:"), (args, err)
+        assert "missing" in err[0] and "no images" not in err[0], (args, err)
         assert not modules & {"torch", "onnx", "onnxruntime", "onnxscript", "timm"}, (args, modules)
 
 

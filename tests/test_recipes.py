@@ -52,7 +52,10 @@ def test_loss_presets_fill_only_what_is_unset():
 @pytest.mark.parametrize("key,value", [("lr", -1.0), ("lr", 0.0), ("weight_decay", -0.1), ("warmup_epochs", -1),
                                        ("kd_lambda", 1.5), ("temperature", 0.0), ("exit_grad", 2.0),
                                        ("exit_weights", [1.0, -1.0]), ("augment", "flip"), ("loss", "mine"),
-                                       ("epochs", 0), ("img_size", 4)])
+                                       ("epochs", 0), ("img_size", 4), ("lr", float("inf")),
+                                       ("gamma", float("nan")), ("pretrained", "no"), ("hflip", "false"),
+                                       ("splits", "layer1"), ("milestones", "abc"), ("batch_size", True),
+                                       ("workers", -2), ("head_width", -5)])
 def test_bad_values_are_usage_errors(key, value):
     with pytest.raises(UsageError, match=key):
         load_recipe(None, {key: value})

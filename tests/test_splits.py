@@ -102,7 +102,7 @@ def test_later_commands_never_validate_on_training_images(source, tmp_path, hf_c
                     hflip=False, workers=0, mode="joint", val_fraction=0.25, seed=3)
     out = tmp_path / "run"
     if source == "digits":  # 1079 training images: one step is enough to make a run
-        monkeypatch.setattr("scan_cli.training._train_epoch", _one_step_epoch)
+        monkeypatch.setattr("scan_cli.training.loop._train_epoch", _one_step_epoch)
     fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out, **flags))
     (fitted,) = seen
     train, fit_val = _items(fitted.train), _items(fitted.val)
@@ -134,7 +134,7 @@ def test_the_run_records_what_decides_its_splits(tmp_path, hf_cache):
     rec = read_info(tmp_path / "run" / "model.safetensors").recipe
     assert rec["streaming"] is True
     assert rec["data_split"] == {
-        "source": f"file {data}", "streaming": True, "image_column": "image", "label_column": "label",
+        "source": f"file {data}", "root": str(Path(data).absolute()), "streaming": True, "image_column": "image", "label_column": "label",
         "val": {"from": "train", "rule": "content-hash", "key": "image bytes", "fraction": 0.25, "seed": 3},
     }
 

@@ -6,6 +6,7 @@ Built from timm's ResNet class with the stem swapped, so they share the ResNet a
 
 from __future__ import annotations
 
+from ..errors import ScanError
 from .contract import BackboneSpec, Provider, SplitPoint
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -27,8 +28,6 @@ def build_cifar_resnet(arch: str, num_classes=None, pretrained: bool = False, **
     from .timm_families import adapter_class
 
     if pretrained:
-        from ..errors import ScanError
-
         raise ScanError(f"{arch} has no pretrained weights: drop --pretrained or pass --weights FILE")
     block_kind, layers, _ = ARCHS[arch]
     block = BasicBlock if block_kind == "basic" else Bottleneck

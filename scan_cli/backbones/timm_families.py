@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from .. import files
+from ..errors import ScanError
 from .contract import BackboneSpec, Provider, SplitPoint
 
 # timm model class name -> family name
@@ -173,8 +174,6 @@ def wrap_timm_model(model):
     """Wrap an already-built timm model of a supported family."""
     family = FAMILY_OF_CLASS.get(type(model).__name__)
     if family is None:
-        from ..errors import ScanError
-
         raise ScanError(
             f"timm model class {type(model).__name__} is not supported by the built-in provider: "
             f"supported classes are {', '.join(sorted(FAMILY_OF_CLASS))} (or add a provider plugin)"

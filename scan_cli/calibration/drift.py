@@ -94,6 +94,35 @@ def reference(exit_index, answer_score, num_exits: int, thresholds, score: str, 
     }
 
 
+def reference_problem(ref, num_exits: int):
+    """Why ``ref`` is not a usable reference for a ``num_exits`` model (None when it is): a reference
+    read from an export folder is untrusted input, checked before the test uses it."""
+    def counts(xs):
+        return isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+
+    def scores(xs):
+        return isinstance(xs, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                            and math.isfinite(x) for x in xs) and xs == sorted(xs)
+
+    if not isinstance(ref, dict):
+        return "is not an object"
+    if ref.get("version") != VERSION:
+        return f"has version {str(ref.get('version'))[:20]}, not {VERSION}"
+    exit_counts, edges, hist = ref.get("exit_counts"), ref.get("score_edges"), ref.get("score_counts")
+    if not (counts(exit_counts) and len(exit_counts) == num_exits and sum(exit_counts) > 0):
+        return f"exit_counts is not {num_exits} counts"
+    if not (isinstance(edges, list) and isinstance(hist, list) and len(edges) == len(hist) == num_exits):
+        return f"score_edges / score_counts do not have {num_exits} entries"
+    for k in range(num_exits):
+        if not (scores(edges[k]) and counts(hist[k]) and len(hist[k]) == len(edges[k]) + 1
+                and sum(hist[k]) == exit_counts[k]):
+            return f"the score histogram of exit {k + 1} is damaged"
+    if not (isinstance(ref.get("score"), str) and isinstance(ref.get("fallback"), str)
+            and isinstance(ref.get("thresholds"), list) and isinstance(ref.get("n"), int)):
+        return "misses score, fallback, thresholds or n"
+    return None
+
+
 def reference_from_logits(logits, thresholds, score: str = "max_softmax", fallback: str = "last") -> dict:
     """The reference from validation logits [n, K, C], scored as the engines score at predict time."""
     from ..scoring import confidence
@@ -219,6 +248,10 @@ def check(exit_index, answer_score, ref, *, thresholds, score: str, fallback: st
     if not ref or ref.get("version") != VERSION:
         return {"status": "no reference", "fired": False,
                 "reason": "the calibration stores no reference for the drift check: run 'scan calibrate' again"}
+    problem = reference_problem(ref, len(ref.get("exit_counts") or []) or 1)
+    if problem:
+        return {"status": "no reference", "fired": False,
+                "reason": f"the stored drift reference {problem}: run 'scan calibrate' again"}
     if not _same_policy(ref, thresholds, score, fallback):
         return {"status": "no reference", "fired": False,
                 "reason": "these thresholds (score, fallback) are not the ones calibration saw"}

@@ -11,6 +11,19 @@ from .. import files
 from .choose import CalibrationResult
 
 
+# what matplotlib's Agg canvas writes (no matplotlib import needed to check a --plot path up front)
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "ps", "eps", "pgf", "raw", "rgba")
+
+
+def check_plot_path(path) -> None:
+    """A --plot file whose suffix matplotlib can write (none = PNG): checked before the search."""
+    from ..errors import UsageError
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix and suffix not in PLOT_FORMATS:
+        raise UsageError(f"--plot {path}: '.{suffix}' is not an image format: use .png, .svg or .pdf")
+
+
 def plot_front(result_or_front, path, chosen=None, backbone_cost: float | None = None) -> Path:
     """Accuracy vs expected MACs (fraction of the backbone's) with the chosen point marked.
 

@@ -16,17 +16,26 @@ from ..policy import DEFAULT_FALLBACK, DEFAULT_SCORE, Calibration, check_fallbac
 from ..runs import Run
 
 
-def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128):
-    """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact when the run's own
-    data is used. The model and the data are only loaded on a cache miss (a cached run needs no torch).
-    ``skipped`` (a ``SkippedImages``) counts the split's images left out as undecodable, also when the
-    outputs come from the cache; they are named in a warning and the count goes into the report."""
+def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128,
+                  write: bool = True, used: Optional[dict] = None):
+    """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact and data digest
+    (``data.split_digest``) when the run's own data is used, never written with write=False. The model
+    and the data are only loaded on a cache miss (a cached run needs no torch). ``skipped`` (a
+    ``SkippedImages``) counts the split's images left out as undecodable, also when the outputs come
+    from the cache; they are named in a warning and the count goes into the report. ``used``: a dict
+    that receives which data the outputs are of (``source``: absolute root or id, ``digest``)."""
     from ..data.dataset import SkippedImages
+    from ..data.splits import is_own_data, run_recipe, split_digest
     from ..exit_outputs import read_cached_outputs
 
     skipped = SkippedImages()
-    if data is None:
-        cached = read_cached_outputs(run, split, skipped)
+    recipe = run_recipe(run.folder, run.info)
+    own = is_own_data(recipe, data)
+    used = {} if used is None else used
+    if own:
+        used["source"] = (recipe.get("data_split") or {}).get("root") or recipe.get("data")
+        used["digest"] = split_digest(recipe, split)
+        cached = read_cached_outputs(run, split, used["digest"], skipped)
         if cached is not None:
             _warn_skipped(split, skipped, len(cached[1]))
             return cached[0], cached[1], skipped
@@ -34,14 +43,19 @@ def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None
     from ..devices import keep_freed_memory, resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
-    dataset, _ = run_split(run.folder, run.info, split, data)
+    dataset, splits = run_split(run.folder, run.info, split, None if own else data)
     device = resolve_device(device)
     keep_freed_memory(device)
     model, _ = run.load(device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
-    if data is None:
-        logits, labels = cached_exit_outputs(run, split, make, model, device=device, skipped=skipped)
+    if own:
+        used["digest"] = split_digest(recipe, split, splits)
+        logits, labels = cached_exit_outputs(run, split, used["digest"], make, model, device=device, skipped=skipped,
+                                             write=write)
     else:
+        from ..data.membership import data_digest
+
+        used["source"], used["digest"] = splits.root, data_digest(dataset, splits.root)
         logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
         logits, labels = logits.numpy(), labels.numpy()
     _warn_skipped(split, skipped, len(labels))
@@ -66,11 +80,11 @@ def _warn_skipped(split: str, skipped, used: int) -> None:
         logging.getLogger("scan_cli").warning(f"{name} split: {skipped.summary()}; {used} images used")
 
 
-def costs_of(run: Run):
-    """The run's ``CascadeCosts`` (cached per artifact: the model is only built on a miss)."""
+def costs_of(run: Run, write: bool = True):
+    """The run's ``CascadeCosts`` (cached per artifact unless write=False: the model is only built on a miss)."""
     from ..profiling import CascadeCosts, run_macs
 
-    report = run_macs(run, run.info.input_size)
+    report = run_macs(run, run.info.input_size, write=write)
     return CascadeCosts([float(c) for c in report.cumulative], float(report.backbone_macs),
                         [float(h) for h in report.shallow_heads])
 
@@ -116,8 +130,10 @@ def calibrate_outputs(logits, labels, costs, *, target_acc=None, max_drop=None, 
 
 def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confidence=None, score=None,
                   fallback=None, split: str = "val", save: bool = True, plot: Optional[Path] = None,
-                  device: str = "cpu", seed: int = 0) -> dict:
-    """Choose per-exit thresholds on the run's validation split; write them into the artifact."""
+                  device: str = "cpu", seed: int = 0, data: Optional[str] = None) -> dict:
+    """Choose per-exit thresholds on the run's validation split; write them into the artifact (and,
+    with save=False, nothing at all: no cache either). ``data``: other labelled data with the model's
+    classes to calibrate on instead, all of it (nothing is held out: the model never trained on it)."""
     from .. import artifact
     from .plot import plot_front
 
@@ -126,14 +142,23 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     if sum(x is not None for x in (target_acc, max_drop, budget)) != 1:
         raise UsageError("give exactly one of --target-acc, --max-drop, --budget")
     run = Run.of(run_dir)
+    if data is not None:
+        from ..data.splits import is_own_data, run_recipe
+
+        if is_own_data(run_recipe(run.folder, run.info), data):
+            data = None  # the run's own data: its validation split, never the images it trained on
     previous = Calibration.from_metadata(run.info.calibration, run.num_exits)
     score = score or (previous.score if previous else DEFAULT_SCORE)
     fallback = fallback or (previous.fallback if previous else DEFAULT_FALLBACK)
     check_score(score)
     check_fallback(fallback)
-    logits, labels, skipped = split_outputs(run, "val", device=device)
-    doc, result = calibrate_outputs(logits, labels, costs_of(run), target_acc=target_acc, max_drop=max_drop,
-                                    budget=budget, confidence=confidence, score=score, fallback=fallback, seed=seed)
+    used: dict = {}
+    logits, labels, skipped = split_outputs(run, "val" if data is None else "all", device=device, data=data,
+                                            write=save, used=used)
+    doc, result = calibrate_outputs(logits, labels, costs_of(run, write=save), target_acc=target_acc,
+                                    max_drop=max_drop, budget=budget, confidence=confidence, score=score,
+                                    fallback=fallback, seed=seed)
+    doc["data"] = {"source": used.get("source"), "digest": used.get("digest"), "held_out_by_fit": data is None}
     doc["skipped_images"] = skipped.count
     if plot is not None:
         plot_front(result, Path(plot))

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
 
@@ -24,14 +25,14 @@ def calibrate_command(
     fallback: Optional[str] = typer.Option(None, "--fallback", help="Answer of images no shallow exit takes: last (default) | ensemble (paper)."),
     split: str = typer.Option("val", "--split", help="Only 'val' is accepted: the test split must stay unseen."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the accuracy-cost curve to this PNG."),
+    data: Optional[str] = typer.Option(None, "--data", help="Recalibrate on other labelled data with the model's classes (all of it; nothing is held out)."),
     run: Optional[str] = RUN,
     device: str = DEVICE,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Search and report, but do not write the thresholds."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Search and report, but write nothing (no thresholds, no cache)."),
     as_json: bool = JSON,
 ):
     """Choose per-exit thresholds: cheapest cascade that keeps the accuracy promise on validation data."""
     from ..calibration.run import calibrate_run
-    from ..errors import UsageError
     from ..runs import resolve_run
     from ._output import info, print_json
 
@@ -39,9 +40,17 @@ def calibrate_command(
         raise UsageError(f"--target-acc {target_acc} is outside (0, 1]: give an accuracy such as 0.76")
     if confidence is not None and not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence} is outside (0, 1): give a probability such as 0.95")
+    if plot is not None:
+        from ..calibration.plot import check_plot_path
+
+        check_plot_path(plot)
     run_dir = resolve_run(run)
     doc = calibrate_run(run_dir, target_acc=target_acc, max_drop=max_drop, budget=budget, confidence=confidence,
-                        score=score, fallback=fallback, split=split, save=not dry_run, plot=plot, device=device)
+                        score=score, fallback=fallback, split=split, save=not dry_run, plot=plot, device=device,
+                        data=data)
+    used = doc.get("data") or {}
+    info(f"data {used.get('source')}: " + ("the validation 'scan fit' held out" if used.get("held_out_by_fit", True)
+                                          else "all of it, nothing held out") + f" (digest {used.get('digest')})")
     if as_json:
         print_json(doc)
     else:
@@ -67,7 +76,9 @@ def _print_calibration(doc: dict) -> None:
 
     console = stdout_console()
     K = len(doc["thresholds"])
-    table = Table(title=f"calibrated on {doc['n_val']} validation images ({doc['score']}, fallback {doc['fallback']})")
+    used = doc.get("data") or {}
+    what = "validation images" if used.get("held_out_by_fit", True) else f"images of {used.get('source')}"
+    table = Table(title=f"calibrated on {doc['n_val']} {what} ({doc['score']}, fallback {doc['fallback']})")
     for col in ("exit", "threshold", "share of images", "cumulative GMACs"):
         table.add_column(col, justify="right")
     for k in range(K):

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import JSON, RUN
 
 HELP = """Export a run's cascade to ONNX for deployment: one graph per piece (stem + section 1 + exit 1,
@@ -38,7 +39,6 @@ def export_command(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: static int8 quantization of every piece (QDQ, per-channel weights, ranges from validation images), thresholds searched again on the int8 outputs for the run's calibration target."),
     as_json: bool = JSON,
 ):
-    from ..errors import UsageError
     from ..inference.export import FORMATS, export_run
     from ._output import info, print_json
 

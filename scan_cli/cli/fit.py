@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import DEVICE, JSON
 
 
@@ -51,13 +52,15 @@ def fit_command(
     as_json: bool = JSON,
 ):
     """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
-    from ..errors import UsageError
-    from ..training.recipes import load_recipe
     from ..training.checkpoints import read_checkpoint_recipe
     from ..training.loop import FitOptions, fit
     from ..training.preflight import check_fit
+    from ..training.recipes import load_recipe
     from ._output import print_json
 
+    from ..runs import check_new_run_dir
+
+    check_new_run_dir(None if resume else out)
     flags = dict(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                  warmup_epochs=warmup_epochs, augment=augment, hflip=hflip, loss=loss, img_size=img_size, mode=mode,
                  pretrained=pretrained, kd=kd, feature_hint=feature_hint, attention=attention, heads=heads,
@@ -106,7 +109,6 @@ RESUME_CAN_CHANGE = ("epochs", "workers")  # plus --device and --json, which are
 
 def _refuse_changes_on_resume(recipe, extra: dict, given: dict) -> None:
     """A resumed run keeps its settings: flags that would change them are usage errors."""
-    from ..errors import UsageError
 
     stored = recipe.to_dict() | {"backbone": extra.get("backbone"), "recipe": extra.get("recipe_name")}
     clash = [k for k, v in given.items() if v is not None and k not in RESUME_CAN_CHANGE and stored.get(k, object()) != v]

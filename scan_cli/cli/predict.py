@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
 HELP = """Predict image files with real early exit: each image leaves the network at the first exit
@@ -65,8 +66,6 @@ def predict_command(
     # the ONNX Runtime engine gives the same report and exit codes
     use_onnx = onnx_engine.wants_onnx(engine, run)
     if use_onnx and compare_plain:
-        from ..errors import UsageError
-
         raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
     if quantize is not None and not use_onnx:
@@ -74,8 +73,6 @@ def predict_command(
 
         raise UsageError("--quantize runs the ONNX Runtime engine: add --engine onnxruntime")
     if drift not in ("on", "off"):
-        from ..errors import UsageError
-
         raise UsageError(f"--drift '{drift}': use on or off")
     predict = onnx_engine.predict if use_onnx else torch_engine.predict
     run_folder = None

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
 
@@ -29,7 +30,6 @@ def profile_command(
     channels_last: str = typer.Option("auto", "--channels-last", help="Memory layout while timing, as scan predict: auto (on except for ViTs), on or off."),
 ):
     """Cost per exit: fvcore MACs (batch 1), the cascade's expected cost when calibrated, and latency."""
-    from ..errors import UsageError
     from ._output import info, print_json, stdout_console
 
     if backbone_id is not None and run is not None:

@@ -90,6 +90,8 @@ class DataSplits:
     val_rule: where validation came from: {"from": "train", "rule", "key", "fraction", "seed"} when
     held out of train (`holdout.py`), {"from": "own split", "name"} or {"from": "fixed split"} (digits).
     image_column / label_column: the columns read (`datasets` sources), else None.
+    root: where the data is, absolute (a path) or as named (a Hub id); set by `load_data`.
+    val_digest: the digest of the validation membership used, once rebuilt from a run's record.
     data_config: the timm data config the transforms used (img_size and source tweaks applied).
     """
 
@@ -106,16 +108,29 @@ class DataSplits:
     val_rule: dict = field(default_factory=dict)
     image_column: str | None = None
     label_column: str | None = None
+    root: str = ""
+    val_digest: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def record(self) -> dict:
+    def record(self, save_to=None) -> dict:
         """What decides these splits, for a run to record (`scan fit` stores it as the recipe's
-        `data_split`; `splits.run_data` rebuilds the splits from it and checks they still match)."""
-        return {"source": self.source, "streaming": bool(self.streaming), "image_column": self.image_column,
-                "label_column": self.label_column, "val": dict(self.val_rule)}
+        `data_split`; `splits.run_data` rebuilds the splits from it and checks they still match).
+        save_to: the run folder, which then receives the validation membership (`membership.py`,
+        `holdout.json`); the record keeps only its digest and sizes, so the header stays small."""
+        rec = {"source": self.source, "root": self.root, "streaming": bool(self.streaming),
+               "image_column": self.image_column, "label_column": self.label_column, "val": dict(self.val_rule)}
+        if save_to is not None:
+            from . import membership
+
+            doc = membership.build(self, self.root)
+            if doc is not None:
+                membership.save(doc, save_to)
+                rec["membership"] = {"file": membership.MEMBERSHIP_FILE, "digest": doc["digest"],
+                                     "val": len(doc["val"]), "train": doc["train"]["count"]}
+        return rec
 
     @classmethod
     def of(cls, built: dict, *, classes: list, source: str, data_config: dict, streaming: bool = False,

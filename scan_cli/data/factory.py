@@ -25,6 +25,7 @@ from .digits import load_digits
 from .folder import check_folder, load_folder
 from .hf import COLUMNAR_SUFFIXES, columnar_files, from_hf, is_saved_dataset, load_columnar
 from .hub import check_hub, load_hub, looks_like_path
+from .membership import data_root
 from .transforms import TRAIN_TRANSFORMS, effective_data_config
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def load_data(
         raise UsageError(f"unknown train transform '{kind}': use one of {', '.join(TRAIN_TRANSFORMS)}")
     splits = check_splits(splits)
     cfg = effective_data_config(data_config, img_size)
+    built = _load(spec, cfg, kind, hflip, val_fraction, seed, image_column, label_column, streaming, splits, check_images)
+    built.root = data_root(spec)  # recorded absolute: a relative --data never changes meaning later
+    return built
+
+
+def _load(spec, cfg, kind, hflip, val_fraction, seed, image_column, label_column, streaming, splits,
+          check_images) -> DataSplits:
     kind_of, where = data_source(spec)
     if kind_of == "digits":
         return load_digits(cfg, kind, hflip, splits)

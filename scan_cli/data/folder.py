@@ -110,11 +110,16 @@ def _verify(samples, skipped: SkippedImages):
 
 
 def _layout(root: Path):
-    """(train, val, test) folders: `root` itself, or the ImageNet layout `root/train`, `root/val`, ..."""
-    if not (root / "train").is_dir():
-        return root, None, None
+    """(train, val, test) folders: `root` itself, or the ImageNet layout `root/train`, `root/val`, ...;
+    train is None for a folder of split folders without train/ (e.g. only test/: data to evaluate on)."""
     val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
-    return root / "train", val_dir, root / "test" if (root / "test").is_dir() else None
+    test_dir = root / "test" if (root / "test").is_dir() else None
+    if not (root / "train").is_dir():
+        subdirs = [d.name for d in _class_folders(root)[0]]
+        if (val_dir or test_dir) and set(subdirs) <= {"test", *VAL_FOLDER_NAMES}:
+            return None, val_dir, test_dir
+        return root, None, None
+    return root / "train", val_dir, test_dir
 
 
 def _check_classes(train_dir: Path, subdirs: list, loose: list, empty: list) -> None:
@@ -140,12 +145,17 @@ def check_folder(root: Path) -> None:
     """`load_folder`'s training-folder errors, from a first image per class (no full listing, no
     decoding): what `scan fit` checks before importing torch."""
     train_dir = _layout(root)[0]
+    if train_dir is None:
+        raise ScanError(f"{root} holds no train/ folder (only {' and '.join(d.name for d in _layout(root)[1:] if d)}/): "
+                        "add train/<class>/ folders, or pass a folder of class sub-folders")
     subdirs, loose = _class_folders(train_dir)
     _check_classes(train_dir, subdirs, loose, [d.name for d in subdirs if not has_images(d)])
 
 
 def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_images) -> DataSplits:
     train_dir, val_dir, test_dir = _layout(root)
+    if train_dir is None:
+        return _load_eval_only(root, cfg, val_dir, test_dir, splits, check_images)
     if train_dir != root:
         others = [d.name for d in _class_folders(root)[0] if d.name not in ("train", "test") + VAL_FOLDER_NAMES]
         if others:
@@ -198,3 +208,25 @@ def load_folder(root: Path, cfg, kind, hflip, val_fraction, seed, splits, check_
                 else {"from": "own split", "name": val_dir.name})
     return DataSplits.of(built, classes=classes, source=f"folder {root}", data_config=cfg, skipped=skipped,
                          val_from_train=val_from_train, val_rule=val_rule)
+
+
+def _load_eval_only(root: Path, cfg, val_dir, test_dir, splits, check_images) -> DataSplits:
+    """A folder holding only val/ and/or test/ (labelled data to evaluate or calibrate on): its
+    classes are the first one's class folders; there is no training split."""
+    first = val_dir or test_dir
+    subdirs, loose = _class_folders(first)
+    _check_classes(first, subdirs, loose, [d.name for d in subdirs if not has_images(d)])
+    classes = [d.name for d in subdirs]
+    seen: dict = {}
+    skipped = SkippedImages()
+    ev = eval_transform(cfg)
+    built = {}
+    for name, folder in (("val", val_dir), ("test", test_dir)):
+        if folder is None or name not in splits:
+            continue
+        samples = _list_with_classes(folder, classes, "validation" if name == "val" else "test", seen) or []
+        built[name] = FileImages(_verify(samples, skipped) if check_images else samples, ev)
+    if skipped:
+        log.warning("%s", skipped.summary())
+    return DataSplits.of(built, classes=classes, source=f"folder {root}", data_config=cfg, skipped=skipped,
+                         val_rule={"from": "own split", "name": val_dir.name} if val_dir else {"from": "none"})

@@ -22,7 +22,7 @@ import glob
 import os
 from pathlib import Path
 
-from ..errors import ScanError
+from ..errors import ScanError, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -38,7 +38,6 @@ class ImageTooLarge(ValueError):
 
 def max_image_pixels() -> int:
     """The pixel limit: $SCAN_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS; 0 = no limit of scan's own."""
-    from ..errors import UsageError
 
     text = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip().replace("_", "")
     if not text:

@@ -8,18 +8,27 @@ rebuilds the splits the same way (`holdout.py`) with the run's eval preprocessin
 command sees exactly the validation set fit held out and never a training image. When the data
 no longer splits as recorded (e.g. a val/ folder appeared), that is an error, not a silent change.
 Runs written before `data_split` was recorded are rebuilt from source, fraction and seed.
+Since issue 19 the run's data is read from its recorded absolute root, and validation is rebuilt
+from the membership fit recorded (`membership.py`): exactly the examples fit held out, never one
+it trained on or one added since; `split_digest` names the exit-outputs caches after it.
 
 Nothing here imports torch, timm, datasets or scikit-learn at module level.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 from ..errors import ScanError
 from .dataset import DataSplits
+from . import membership
 from .factory import SPLITS, load_data
+
+log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
@@ -47,24 +56,77 @@ def run_data(run_dir, info, *, recipe: dict | None = None, data: str | None = No
     """The run's data split as it was when the run trained, with its eval preprocessing (never
     augmentation). `data` replaces the recorded source (other labelled data with the model's
     classes, read without the run's streaming and column choices unless given); `recipe` defaults
-    to `run_recipe(run_dir, info)`."""
+    to `run_recipe(run_dir, info)`. The run's own data is read from its recorded absolute root, and
+    its validation is rebuilt from the recorded membership (`membership.rebuild`)."""
     if recipe is None:
         recipe = run_recipe(run_dir, info)
-    own = data is None or data == recipe.get("data")
-    recorded = recipe.get("data_split") if own and isinstance(recipe.get("data_split"), dict) else None
+    recorded = recipe.get("data_split") if isinstance(recipe.get("data_split"), dict) else None
+    own = is_own_data(recipe, data)
+    if not own:
+        recorded = None
     streaming = False
+    source = recipe.get("data") if own else data
+    doc = None
     if own:
         rec = recorded or {}
         image_column = image_column or rec.get("image_column") or recipe.get("image_column")
         label_column = label_column or rec.get("label_column") or recipe.get("label_column")
         streaming = bool(rec.get("streaming", recipe.get("streaming", False)))
-    rebuilt = load_data(recipe.get("data") if own else data, data_config=info.data_config, train_transform="none",
+        source = _own_source(recipe, rec)
+        if rec.get("membership") and "val" in splits:
+            doc = membership.load(run_dir)
+    held = bool(recorded) and (recorded.get("val") or {}).get("from") == "train"
+    wanted = tuple(splits) + (("train",) if doc is not None and held and "train" not in splits else ())
+    rebuilt = load_data(source, data_config=info.data_config, train_transform="none",
                         img_size=int(info.input_size), val_fraction=recipe.get("val_fraction", 0.1),
                         seed=recipe.get("seed", 0), image_column=image_column, label_column=label_column,
-                        streaming=streaming, splits=splits)
+                        streaming=streaming, splits=wanted)
     if recorded is not None:
         _check_same_split(recorded, rebuilt.record())
+    if doc is not None:
+        membership.rebuild(rebuilt, doc, held)
+        if "train" not in splits:
+            rebuilt.train = None
     return rebuilt
+
+
+def is_own_data(recipe: dict, data) -> bool:
+    """True when `data` (a --data value, or None) names the data the run trained on."""
+    if data is None:
+        return True
+    root = (recipe.get("data_split") or {}).get("root") if isinstance(recipe.get("data_split"), dict) else None
+    return membership.data_root(data) == root if root else data == recipe.get("data")
+
+
+def _own_source(recipe: dict, rec: dict) -> str | None:
+    """Where the run's own data is: its recorded absolute root (never the typed path re-resolved
+    against today's working directory); runs written before the root was recorded: as typed."""
+    root = rec.get("root")
+    if not root:
+        if rec.get("val", {}).get("from") != "fixed split":
+            log.info("this run was written before 'scan fit' recorded its validation membership: validation is "
+                     "rebuilt by its hold-out rule from '%s' as it is now", recipe.get("data"))
+        return recipe.get("data")
+    if os.path.isabs(root) and not os.path.exists(root):
+        raise ScanError(f"the run's data {root} (recorded by 'scan fit') is gone: restore it there, "
+                        "or pass --data with the data to use")
+    return root
+
+
+def split_digest(recipe: dict, split: str, splits: DataSplits | None = None) -> str:
+    """What names a split's cached exit outputs (`runs.Run.outputs_cache`): for validation, the
+    digest of the membership used (the recorded one until a rebuild says otherwise), else a digest
+    of where the data is and how it splits, so outputs of different data are never mixed."""
+    rec = recipe.get("data_split") if isinstance(recipe.get("data_split"), dict) else {}
+    if split == "val":
+        if splits is not None and splits.val_digest:
+            return splits.val_digest
+        if splits is None and (rec.get("membership") or {}).get("digest"):
+            return rec["membership"]["digest"]
+    where = rec.get("root") or membership.data_root(recipe.get("data"))
+    text = json.dumps([where, split, rec.get("val"), rec.get("image_column"), rec.get("label_column"),
+                       recipe.get("val_fraction"), recipe.get("seed")], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _check_same_split(recorded: dict, now: dict) -> None:
@@ -86,7 +148,7 @@ def run_split(run_dir, info, split: str, data: str | None = None, image_column=N
     wanted = SPLITS if split == "all" else (split,)
     splits = run_data(run_dir, info, recipe=recipe, data=data, image_column=image_column, label_column=label_column,
                       splits=wanted)
-    if data is None or data == recipe.get("data"):
+    if is_own_data(recipe, data):
         if list(splits.classes) != list(info.classes):
             raise ScanError("the run's data now has other classes than it was trained on: pass --data with the training data")
     elif len(splits.classes) != len(info.classes):

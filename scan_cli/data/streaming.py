@@ -23,32 +23,11 @@ import os
 from .images import describe_error, draft_size
 from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
+from .membership import example_key
 
 log = logging.getLogger(__name__)
 
 STREAM_SHUFFLE_BUFFER = 10_000
-
-
-def _example_key(value) -> bytes:
-    """Bytes identifying an image value, for the streamed hold-out hash."""
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return bytes(value["bytes"])
-        return str(value.get("path")).encode()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, (str, os.PathLike)):
-        return str(value).encode()
-    try:
-        from PIL import Image
-
-        if isinstance(value, Image.Image):
-            return value.tobytes()
-    except Exception:  # pragma: no cover
-        pass
-    import numpy as np
-
-    return np.asarray(value).tobytes()
 
 
 def _example_name(value) -> str:
@@ -59,7 +38,7 @@ def _example_name(value) -> str:
         return str(value)
     import hashlib
 
-    return f"streamed image {hashlib.blake2b(_example_key(value), digest_size=6).hexdigest()}"
+    return f"streamed image {hashlib.blake2b(example_key(value), digest_size=6).hexdigest()}"
 
 
 def _build_streaming_class():
@@ -102,7 +81,7 @@ def _build_streaming_class():
 
         def _in_side(self, value) -> bool:
             fraction, seed, side = self.holdout
-            is_val = in_stream_holdout(_example_key(value), fraction, seed)
+            is_val = in_stream_holdout(example_key(value), fraction, seed)
             return is_val if side == "val" else not is_val
 
         def __iter__(self):

@@ -25,7 +25,6 @@ happen inside functions.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -34,11 +33,10 @@ from typing import Optional
 
 from ..errors import ScanError, UsageError
 from ..policy import Calibration, ExitPolicy, costs_with_heads
+from . import manifest as manifests
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE
 
-FORMAT = "scan-onnx-cascade"
-FORMAT_VERSION = 1
 OPSET = 20
-MANIFEST_FILE = "manifest.json"
 FULL_FILE = "full.onnx"
 PLAIN_FILE = "plain.onnx"
 FORMATS = ("onnx", "onnx-full")
@@ -246,55 +244,52 @@ def check_graph(path: Path, inputs, expected: list) -> float:
 
 
 # -- the whole export ----------------------------------------------------------------------------------
-def _prepare_out(out: Path) -> None:
-    """--out must be a new folder, an empty one, or an earlier scan export (which is replaced)."""
+def _prepare_out(out: Path, *, owned: bool = False) -> Path:
+    """--out must be a new folder, an empty one, or an earlier scan export (replaced in one atomic
+    step, so never the current folder, one above it, or a mount point). ``owned``: a folder scan
+    manages itself (the run's ONNX cache), replaced whatever it holds. Returns the folder to publish."""
+    from ..files import recover_folder
+
+    given, out = out, Path(os.path.realpath(out))  # a symbolic link's target is replaced, the link stays
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents or os.path.ismount(out):
+        what = "the current folder" if out == here else "a folder above the current one" if out in here.parents else "a mount point"
+        raise ScanError(f"--out {given} cannot be replaced as a whole (it is {what}): give a new folder, e.g. --out deploy")
+    recover_folder(out)  # what a killed export left next to it
     if out.exists() and not out.is_dir():
-        raise ScanError(f"--out {out} is a file: give a folder (it is created)")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise ScanError(f"--out {out} exists and is not a scan export: give a new or empty folder")
-    if (out / MANIFEST_FILE).is_file():
-        try:
-            doc = json.loads((out / MANIFEST_FILE).read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ScanError(f"--out {out} holds a manifest.json that is not a scan export: give a new or empty folder")
+        raise ScanError(f"--out {given} is a file: give a folder (it is created)")
+    if not owned and out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST_FILE).is_file():
+            raise ScanError(f"--out {given} exists and is not a scan export: give a new or empty folder")
+        if not manifests.is_export(out):
+            raise ScanError(f"--out {given} holds a manifest.json that is not a scan export: give a new or empty folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ScanError(f"cannot create --out {out} ({exc.strerror or exc}): choose a writable folder") from None
+        raise ScanError(f"cannot create --out {given} ({exc.strerror or exc}): choose a writable folder") from None
     if not os.access(out.parent, os.W_OK):
         raise ScanError(f"cannot write to {out.parent}: choose a writable folder for --out")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an earlier export at ``out`` is replaced."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool = False, plain: bool = False,
                  heads: Optional[list] = None, opset: int = OPSET, cache_dir: Optional[Path] = None,
-                 log=None) -> dict:
+                 log=None, owned: bool = False) -> dict:
     """Export a loaded ``ScanModel`` with its ``ArtifactInfo`` into ``out``; returns the manifest
     (also written there). Shallow heads: those whose exit can fire under the artifact's calibration
     (all with the ensemble fallback or ``all_exits``), or exactly ``heads`` (one bool per shallow
-    exit) when given. ``cache_dir``: where MAC counts are cached (a run's ``cache/``)."""
+    exit) when given. ``cache_dir``: where MAC counts are cached (a run's ``cache/``). ``owned``: ``out``
+    is scan's own cache folder, replaced whatever it holds."""
     import torch
 
     from ..data import eval_transform
+    from ..files import fsync_tree, replace_folder
     from ..profiling import profile_macs, structure_key
 
     if fmt not in FORMATS:
         raise UsageError(f"--format '{fmt}': use one of {', '.join(FORMATS)}")
     require_export()
-    out = Path(out)
-    _prepare_out(out)
+    out = _prepare_out(Path(out), owned=owned)
     model = model.eval()
     K = model.num_exits
     size = int(info.input_size)
@@ -334,8 +329,9 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
             piece.update(threshold=t, macs_cumulative=c)
         manifest = _manifest(info, model, policy, cal is not None, preprocessing, report, costs, pieces, opset)
         manifest.update(extra)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _publish(tmp, out)
+        manifests.write(tmp, manifest)
+        fsync_tree(tmp)  # every graph and the manifest on disk before the folder is published
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,6 @@ Nothing here imports onnxruntime (or torch) at module level: the CLI imports thi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from ..errors import ScanError, UsageError
 from ..policy import Calibration, fires
 from ..runs import Run
 from ..scoring import run_cascade, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
-from .export import FORMAT, FORMAT_VERSION, MANIFEST_FILE  # export owns the manifest format (imports nothing heavy)
+from . import manifest as manifests
+from .manifest import MANIFEST_FILE
 from .plan import exit_policy, workers_for
 from .report import add_predictions, build_report
 
@@ -64,28 +64,8 @@ def wants_onnx(engine: Optional[str], run: Optional[str]) -> bool:
 
 # -- the manifest ----------------------------------------------------------------------------------
 def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScanError(f"no {MANIFEST_FILE} in {folder}: point --run at a folder written by 'scan export'") from None
-    except (OSError, ValueError) as exc:
-        raise ScanError(f"{path} is not readable JSON ({exc}): export again with 'scan export'") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ScanError(f"{path} is not a scan export manifest: point --run at a folder written by 'scan export'")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ScanError(f"{path} has export format {doc.get('format_version')}, this scan_cli reads {FORMAT_VERSION}: "
-                        "export again with this version ('scan export')")
-    try:
-        pieces = doc["pieces"]
-        if len(pieces) != doc["num_exits"] or len(doc["thresholds"]) != doc["num_exits"]:
-            raise ValueError("pieces/thresholds do not match num_exits")
-        for piece in pieces:
-            if not (Path(folder) / piece["file"]).is_file():
-                raise ScanError(f"{folder} misses {piece['file']}: export again with 'scan export'")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ScanError(f"{path} is damaged ({exc}): export again with 'scan export'") from None
-    return doc
+    """The export folder's manifest, validated (``manifest.read``: untrusted input)."""
+    return manifests.read(folder)
 
 
 # -- the cascade ---------------------------------------------------------------------------------------
@@ -138,11 +118,13 @@ class Cascade:
         self.threads = int(threads) if threads else "ONNX Runtime's default"
         options = session_options(threads, spinning)
         try:
-            self.sessions = [ort.InferenceSession(str(self.folder / p["file"]), options,
+            self.sessions = [ort.InferenceSession(str(manifests.piece_path(self.folder, p)), options,
                                                   providers=["CPUExecutionProvider"]) for p in self.pieces]
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ScanError(f"ONNX Runtime cannot load {self.folder} ({str(exc).splitlines()[0]}): "
-                            "export again with 'scan export'") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise manifests.ManifestError(f"ONNX Runtime cannot load {self.folder} ({first}): "
+                                          "export again with 'scan export'") from None
+        manifests.check_sessions(self.manifest, self.folder, self.sessions)  # before anything runs
 
     @property
     def has_head(self) -> list:
@@ -190,25 +172,40 @@ class Cascade:
 
 
 # -- scan predict --engine onnxruntime --------------------------------------------------------------
-def cached_export(run: Run, heads: list, log=None) -> Path:
+def cached_export(run: Run, heads: list, log=None, *, damaged: Optional[str] = None) -> Path:
     """``RUN/cache/onnx-<artifact fingerprint>-<heads>/`` (heads as 1/0 per shallow exit), exported
-    with exactly those heads on first use: the engine never computes a head that cannot fire."""
+    with exactly those heads on first use: the engine never computes a head that cannot fire.
+    A cached export that fails validation (or, ``damaged``, failed to load) is rebuilt, saying so."""
     folder = run.onnx_cache(heads)
-    if (folder / MANIFEST_FILE).is_file():
+    if damaged is None and (folder.exists() or folder.is_symlink()):
         try:
             manifest = read_manifest(folder)
             if [p.get("logits") is not None for p in manifest["pieces"][:-1]] == list(heads):
                 return folder
-        except ScanError:
-            pass  # damaged: export again
+            damaged = "its exit heads differ from its name"
+        except ScanError as exc:
+            damaged = str(exc)
     from .export import export_model, require_export
 
     require_export()
-    if log:
+    if damaged is not None:  # scan's own cache: repaired, never blamed on the user
+        _log.warning(f"the cached ONNX export {folder} is damaged ({damaged}): exporting the run again")
+    elif log:
         log(f"exporting the run to ONNX once for these exits, into {folder}")
     model, info = run.load()
-    export_model(model, info, folder, heads=list(heads), cache_dir=run.cache_dir)
+    export_model(model, info, folder, heads=list(heads), cache_dir=run.cache_dir, owned=True)
     return folder
+
+
+def _load_cascade(folder: Path, run: Optional[Run], heads: list, threads, log) -> "Cascade":
+    """The cascade; a cached export that cannot be loaded is rebuilt once (an export folder given as
+    --run is the user's: its error is reported as it is)."""
+    try:
+        return Cascade(folder, threads=threads)
+    except ScanError as exc:
+        if run is None:
+            raise
+        return Cascade(cached_export(run, heads, log, damaged=str(exc)), threads=threads)
 
 
 def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
@@ -254,7 +251,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
         raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
     paths = find_images(list(inputs))
     folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
-    cascade = Cascade(folder, threads=threads)
+    cascade = _load_cascade(folder, handle, policy.heads(), threads, log or _log.info)
     cascade.check_policy(policy.thresholds, policy.fallback)
     report = predict_paths(cascade, paths, policy, batch_size=batch_size,
                            workers=workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)

@@ -56,12 +56,15 @@ def _validation(run: Run, batch_size: int = 64):
         yield images.numpy(), labels.numpy()
 
 
-def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_IMAGES, log=None) -> dict:
+def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_IMAGES, log=None,
+                 owned: bool = False) -> dict:
     """Write the int8 export of ``run`` into ``out`` (replaced when it is an earlier export); its manifest."""
     import numpy as np
 
     from ..calibration.run import calibrate_outputs, costs_of
-    from .export import MANIFEST_FILE, _prepare_out, _publish
+    from ..files import fsync_tree, replace_folder
+    from . import manifest as manifests
+    from .export import MANIFEST_FILE, _prepare_out
     from .onnx_engine import Cascade, cached_export
 
     say = log or (lambda message: None)
@@ -71,8 +74,7 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
     if cal is None or not cal.searched:
         raise ScanError(f"{run.folder} is not calibrated for a target: run 'scan calibrate --run {run.folder} "
                         "--max-drop 0.01' (or --target-acc) first; the int8 thresholds are searched for the same target")
-    out = Path(out)
-    _prepare_out(out)
+    out = _prepare_out(Path(out), owned=owned)
     float_folder = cached_export(run, [True] * (K - 1), say)
     fcascade = Cascade(float_folder)
     # the calibration sample, and every piece's input on it (float features: the ranges int8 must cover)
@@ -123,9 +125,10 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
             })
         for piece, t in zip(manifest["pieces"], thresholds + [None]):
             piece["threshold"] = t
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        manifests.write(tmp, manifest)
         del icascade
-        _publish(tmp, out)
+        fsync_tree(tmp)  # every graph and the manifest on disk before the folder is published
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,5 +207,5 @@ def cached_quantized(run: Run, log=None) -> Path:
             pass  # damaged: quantize again
     if log:
         log(f"quantizing the run to int8 once, into {folder}")
-    quantize_run(run, folder, log=log)
+    quantize_run(run, folder, log=log, owned=True)
     return folder

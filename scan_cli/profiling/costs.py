@@ -68,9 +68,10 @@ def profile_macs(model, input_size: int, cache_path: Optional[Path] = None) -> M
     return report
 
 
-def run_macs(run, input_size: Optional[int] = None, model=None) -> MacReport:
+def run_macs(run, input_size: Optional[int] = None, model=None, write: bool = True) -> MacReport:
     """The MAC report of a run's artifact (a ``runs.Run`` or its folder), cached in its ``cache/``
-    folder; loads the model only on a miss (once per command: the ``Run`` keeps it)."""
+    folder (not with write=False: ``calibrate --dry-run``); loads the model only on a miss (once per
+    command: the ``Run`` keeps it)."""
     from ..runs import Run
 
     run = Run.of(run)
@@ -81,7 +82,7 @@ def run_macs(run, input_size: Optional[int] = None, model=None) -> MacReport:
         return cached
     if model is None:
         model, _ = run.load()
-    return profile_macs(model, size, cache_path=path)
+    return profile_macs(model, size, cache_path=path if write else None)
 
 
 def cascade_costs(model, input_size: Optional[int] = None, cache_dir: Optional[Path] = None) -> "CascadeCosts":

@@ -18,7 +18,7 @@ from typing import Optional
 
 from .. import files
 from ..data.loader import loader_length
-from ..errors import ScanError
+from ..errors import Interrupted, ScanError
 from ..runs import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RECIPE_FILE
 from .checkpoints import check_resumable, load_checkpoint, read_checkpoint_recipe, save_checkpoint
 from .distributed import DistInfo, init_distributed, pick_device
@@ -63,12 +63,12 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     ``on_epoch(epoch, summary_so_far)`` is called on the main process after each epoch."""
     import torch
 
+    from ..backbones.registry import default_registry
     from ..data import SkippedImages, load_data, make_loader
     from ..exit_outputs import collect_exit_outputs, exit_accuracies
     from ..model import HeadConfig
     from ..progress import StepClock, make_progress
     from .recipes import available, describe, resolve
-    from ..backbones.registry import default_registry
 
     recipe = _with_data_options(opts.recipe, opts)
     dist_info = init_distributed("cuda" if (opts.device or "").startswith("cuda") or
@@ -187,8 +187,6 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         if created and dist_info.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
         if isinstance(exc, KeyboardInterrupt) and dist_info.is_main:
-            from ..errors import Interrupted
-
             if kept:
                 raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)}: continue "
                                   f"with 'scan fit --resume {run_dir}'") from None
@@ -201,7 +199,6 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         return _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, recipe, spec, registry, opts,
                            classes, data_config, img_size, device, run_dir, summary)
     except KeyboardInterrupt:  # training is done and checkpointed: --resume writes the model
-        from ..errors import Interrupted
 
         raise Interrupted(f"interrupted: {run_dir} keeps the checkpoint of epoch {len(history)} but no model yet: "
                           f"write it with 'scan fit --resume {run_dir}'") from None
@@ -228,7 +225,7 @@ def _finish_run(model, splits, skipped, val_loader, make_loader, loader_kw, reci
     summary["skipped_images"] = {"when listed": splits.skipped.count,
                                  **{k: v.count for k, v in skipped.items() if getattr(splits, k) is not None}}
     # what decides the splits (source, streaming, hold-out rule and key, columns): data.run_data rebuilds them from it
-    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record()}
+    recipe_doc = recipe.to_dict() | {"backbone": spec.id, "recipe_name": opts.recipe_name, "data_split": splits.record(save_to=run_dir)}
     info = artifact.info_for(model.cpu(), spec, registry, classes=classes, data_config=data_config,
                              input_size=img_size, recipe=recipe_doc)
     info.metrics = {k: summary[k] for k in ("val", "test") if k in summary}

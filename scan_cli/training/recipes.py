@@ -6,6 +6,7 @@ installed) and addressable by name, or any .toml path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -80,54 +81,87 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self) -> None:
-        """Usage errors for values that can never work (checked before anything heavy runs)."""
-        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("multistep", "cosine", "constant"),
-                   "augment": ("auto", "rrc", "pad_crop", "none"), "mode": ("auto", "joint", "heads"),
-                   "heads": ("slim", "paper"), "amp": ("auto", "bf16", "fp16", "off"),
-                   "channels_last": ("auto", "on", "off"), "loss": tuple(LOSS_PRESETS),
-                   "kd_teacher": (None, "last", "ensemble")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UsageError(f"recipe value {key}={getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
-        for key in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise UsageError(f"{key} must be a whole number of at least 1, got {getattr(self, key)!r}")
-        ranges = {  # key: (low, high, low inclusive, what to give)
-            "lr": (0.0, None, False, "a positive learning rate such as 0.05"),
-            "weight_decay": (0.0, None, True, "0 or a small positive number such as 5e-4"),
-            "momentum": (0.0, 1.0, True, "a number in [0, 1)"),
-            "warmup_epochs": (0.0, None, True, "0 or more epochs"),
-            "val_fraction": (0.0, 1.0, False, "a fraction such as 0.1"),
-            "kd_lambda": (0.0, 1.0, True, "a share in [0, 1]"),
-            "temperature": (0.0, None, False, "a positive temperature such as 3"),
-            "hint_weight": (0.0, None, True, "0 or more"),
-            "kd_ramp": (0.0, 1.0, True, "a fraction of training in [0, 1]"),
-            "exit_grad": (0.0, 1.0, True, "a share in [0, 1]"),
-            "last_weight": (0.0, None, False, "a positive weight such as 1"),
-            "label_smoothing": (0.0, 1.0, True, "a number in [0, 1)"),
-            "gamma": (0.0, None, False, "a positive factor such as 0.1"),
-        }
-        for key, (low, high, inclusive, hint) in ranges.items():
+    def validate(self, source: Optional[str] = None) -> None:
+        """Usage errors for values that can never work (checked before anything heavy runs): every
+        field by type and range (booleans are booleans, lists are lists, numbers finite).
+        ``source``: the recipe file the values came from, named in the error."""
+        where = f"recipe {source}: " if source else ""
+        for key, rule in RULES.items():
             value = getattr(self, key)
-            if value is None:
-                continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                value >= low if inclusive else value > low) and (high is None or value <= high)
-            if key in ("momentum", "val_fraction", "label_smoothing") and ok and high is not None:
-                ok = value < high
-            if not ok:
-                raise UsageError(f"{key} = {value!r} is out of range: give {hint}")
-        if self.exit_weights is not None and (not isinstance(self.exit_weights, list) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.exit_weights)):
-            raise UsageError("exit_weights must be a list of non-negative numbers, one per shallow exit")
-        for key in ("image_column", "label_column"):
-            if getattr(self, key) is not None and (not isinstance(getattr(self, key), str) or not getattr(self, key)):
-                raise UsageError(f"{key} = {getattr(self, key)!r}: give a column name")
-        if not isinstance(self.streaming, bool):
-            raise UsageError(f"streaming = {self.streaming!r}: give true or false")
-        if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 8):
-            raise UsageError(f"img_size = {self.img_size!r}: give a side of at least 8 pixels")
+            hint = _check(rule, value)
+            if hint:
+                shown = repr(value) if not isinstance(value, (list, dict)) or len(repr(value)) < 60 else type(value).__name__
+                raise UsageError(f"{where}{key} = {shown} is not valid: give {hint}")
+
+
+# -- the rule of every field: (kind, allowed); kinds: str, bool, int, num, choice, list[str], list[num], list[int]
+def _num(low=None, high=None, low_in=True, high_in=True, none=False):
+    return ("num", (low, high, low_in, high_in, none))
+
+
+def _int(low, none=False):
+    return ("int", (low, none))
+
+
+RULES = {
+    "description": ("str", (True, False)), "backbone": ("str", (False, True)), "data": ("str", (False, True)),
+    "image_column": ("str", (False, True)), "label_column": ("str", (False, True)),
+    "streaming": ("bool", False), "img_size": _int(8, none=True), "epochs": _int(1), "batch_size": _int(1),
+    "optimizer": ("choice", ("sgd", "adamw")), "lr": _num(0, low_in=False, none=True),
+    "momentum": _num(0, 1, high_in=False), "weight_decay": _num(0, none=True),
+    "schedule": ("choice", ("multistep", "cosine", "constant")), "milestones": ("list[int]", False),
+    "gamma": _num(0, low_in=False), "warmup_epochs": _num(0, none=True),
+    "augment": ("choice", ("auto", "rrc", "pad_crop", "none")), "hflip": ("bool", True),
+    "mode": ("choice", ("auto", "joint", "heads")), "pretrained": ("bool", False),
+    "loss": ("choice", tuple(LOSS_PRESETS)), "kd": ("bool", False), "feature_hint": ("bool", False),
+    "attention": ("bool", False), "kd_lambda": _num(0, 1, none=True), "temperature": _num(0, low_in=False, none=True),
+    "hint_weight": _num(0, none=True), "kd_ramp": _num(0, 1, none=True), "exit_weights": ("list[num]", True),
+    "exit_grad": _num(0, 1, none=True), "kd_teacher": ("choice", (None, "last", "ensemble")),
+    "last_weight": _num(0, low_in=False, none=True), "heads": ("choice", ("slim", "paper")),
+    "head_width": _int(1, none=True), "splits": ("list[str]", True), "val_fraction": _num(0, 1, False, False),
+    "seed": _int(0), "workers": _int(0, none=True), "amp": ("choice", ("auto", "bf16", "fp16", "off")),
+    "channels_last": ("choice", ("auto", "on", "off")), "label_smoothing": _num(0, 1, high_in=False),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(rule, value) -> Optional[str]:
+    """None when ``value`` obeys ``rule``, else what to give instead."""
+    kind, arg = rule
+    if kind == "choice":
+        return None if value in arg else f"one of {', '.join(a for a in arg if a)}"
+    if kind == "bool":
+        return None if isinstance(value, bool) or (arg and value is None) else "true or false"
+    if kind == "str":
+        empty_ok, none_ok = arg
+        ok = (none_ok and value is None) or (isinstance(value, str) and (empty_ok or value.strip() != ""))
+        return None if ok else "a name in quotes"
+    if kind == "int":
+        low, none_ok = arg
+        return None if (none_ok and value is None) or (_is_int(value) and value >= low) else f"a whole number of at least {low}"
+    if kind == "num":
+        low, high, low_in, high_in, none_ok = arg
+        if none_ok and value is None:
+            return None
+        ok = _is_num(value) and (low is None or (value >= low if low_in else value > low)) and (
+            high is None or (value <= high if high_in else value < high))
+        span = f"{'[' if low_in else '('}{low:g}, {'inf' if high is None else f'{high:g}'}{']' if high_in and high is not None else ')'}"
+        return None if ok else f"a finite number in {span}"
+    # lists: a TOML array (a string would be split into characters)
+    if arg and value is None:
+        return None
+    item = kind[5:-1]
+    checks = {"int": lambda v: _is_int(v) and v >= 1, "num": lambda v: _is_num(v) and v >= 0,
+              "str": lambda v: isinstance(v, str) and v.strip() != ""}[item]
+    what = {"int": "whole numbers of at least 1", "num": "finite numbers of at least 0", "str": "names in quotes"}[item]
+    return None if isinstance(value, list) and all(checks(v) for v in value) else f"a list of {what}, e.g. [...]"
 
 
 def loss_settings(recipe: Recipe, num_shallow: int = 3) -> dict:
@@ -226,7 +260,7 @@ def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ScanError(f"cannot read recipe {path}: {exc}") from None
+        raise UsageError(f"cannot read recipe {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}: fix the TOML") from None
 
 
 def load_recipe(name_or_path: Optional[str], overrides: Optional[dict] = None) -> Recipe:
@@ -243,7 +277,8 @@ def load_recipe(name_or_path: Optional[str], overrides: Optional[dict] = None) -
         values = _read_toml(path)
         unknown = sorted(set(values) - FIELDS)
         if unknown:
-            raise ScanError(f"recipe {path.name} has unknown key(s) {', '.join(unknown)}: valid keys are listed by 'scan fit --print-recipe'")
+            raise UsageError(f"recipe {path.name} has unknown key(s) {', '.join(unknown)}: valid keys are listed by 'scan fit --print-recipe'")
+        Recipe(**values).validate(source=str(path))  # the file's own values, blamed on the file
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     recipe = Recipe(**values)
     recipe.validate()

@@ -5,7 +5,10 @@ start it as a subprocess). Configured by SCAN_FAULT, a JSON object:
   counted from 1 over the whole run), ``write`` (inside `artifact.atomic_write`, with the new
   file half-written under its temporary name; ``name`` picks the file, e.g. model.safetensors),
   ``collect`` (every exit's outputs being collected: evaluate), ``early_exit`` (predict's
-  model call), ``latency`` (profile's timing, after its MAC counts were cached), or ``atomic_write`` (a plain call of
+  model call), ``latency`` (profile's timing, after its MAC counts were cached), ``export_step`` (point
+  number ``nth`` of `scan export`: before and after each graph written or checked, the manifest
+  written, the fsync, the publishing rename and the removal of the old folder; ``nth`` 0 kills
+  nowhere and writes the number of points to ``count_file``), or ``atomic_write`` (a plain call of
   `artifact.atomic_write(path, slow writer)`, no command at all).
 * ``action``: ``kill`` (SIGKILL this process there) or ``pause`` (create ``marker``, then sleep
   until a signal arrives: the test sends SIGINT or SIGKILL).
@@ -98,8 +101,43 @@ def install() -> None:
             return real_measure(*args, **kwargs)
 
         profiling.measure_latency = measure
+    elif at == "export_step":
+        install_export_points()
     else:
         raise SystemExit(f"fault_runner: unknown fault point {at!r}")
+
+
+def install_export_points() -> None:
+    """Number the moments of an export (before and after each step that writes or moves files)."""
+    import atexit
+    import shutil
+
+    from scan_cli import files
+    from scan_cli.inference import export, manifest
+
+    seen = [0]
+
+    def point() -> None:
+        seen[0] += 1
+        if seen[0] == int(FAULT["nth"]):
+            fault()
+
+    def around(owner, name):
+        real = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            point()
+            result = real(*args, **kwargs)
+            point()
+            return result
+
+        setattr(owner, name, wrapped)
+
+    for owner, name in ((export, "export_graph"), (export, "check_graph"), (manifest, "write"),
+                        (files, "fsync_tree"), (files, "replace_folder"), (files, "_exchange"), (shutil, "rmtree")):
+        around(owner, name)
+    if int(FAULT["nth"]) == 0:
+        atexit.register(lambda: Path(FAULT["count_file"]).write_text(str(seen[0])))
 
 
 def main() -> None:
