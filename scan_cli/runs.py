@@ -205,6 +205,8 @@ class Run:
     def macs_cache(self, input_size: int) -> Path:
         return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"
 
-    def onnx_cache(self, heads: list) -> Path:
+    def onnx_cache(self, heads: Optional[list], precision: str = "float32") -> Path:
+        if precision != "float32":  # an int8 export keeps every head (its thresholds are searched again)
+            return self.cache_dir / f"onnx-{self.fingerprint}-{precision}"
         tag = "".join("1" if h else "0" for h in heads)
         return self.cache_dir / f"onnx-{self.fingerprint}-{tag}"

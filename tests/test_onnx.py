@@ -214,7 +214,7 @@ def test_labels_and_exits_equal_the_torch_engine(case):
     costs = [1.0] * K
     ref = predict_paths(case.model, case.paths, transform, policy, classes=CLASSES, costs=costs, backbone_macs=1.0,
                         batch_size=10, progress=False, channels_last=False)
-    got = ort_predict(cascade(case.out), case.paths, transform, policy, batch_size=10, progress=False)
+    got = ort_predict(cascade(case.out), case.paths, policy, batch_size=10, progress=False)
     ref_exits = [p.exit_index for p in ref.predictions]
     can_fire = {k for k in range(K) if k == K - 1 or case.thresholds[k] is not None}
     assert set(ref_exits) == can_fire and len({p.label for p in ref.predictions}) >= 3  # the check can fail
@@ -601,3 +601,45 @@ def test_cli_does_not_import_onnx_at_startup():
             "print(any(m in sys.modules for m in ('torch', 'onnx', 'onnxruntime', 'onnxscript')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False"]
+
+
+# a process where torch, timm and torchvision cannot be imported: each attempt fails and is written down
+NO_TORCH = """
+import atexit, sys
+tried = []
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "torchvision"):
+            tried.append(name)
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+atexit.register(lambda: tried and sys.stderr.write(f"TRIED {sorted(set(tried))}\\n"))
+from scan_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_an_export_folder_predicts_without_torch_timm_or_torchvision(run_cli, resnet_case, tmp_path):
+    """`scan predict --run EXPORT_DIR` in a process that cannot import torch: the same output and exit
+    code as in-process, and the same labels and exits as --engine onnxruntime on the training run."""
+    import subprocess
+
+    bad = tmp_path / "bad"
+    make_bad_files(bad)
+    args = ["predict", str(resnet_case.folder), str(bad), "--json", "--batch-size", "5"]
+    res = subprocess.run([sys.executable, "-c", NO_TORCH, *args, "--run", str(resnet_case.out)],
+                         capture_output=True, text=True, timeout=300)
+    assert "TRIED" not in res.stderr, res.stderr  # not even an import attempt that was caught
+    assert res.returncode == 3, res.stderr  # three unreadable files, the rest predicted
+    doc = json.loads(res.stdout)
+    code, out, err = run_cli(*args, "--run", str(resnet_case.out))
+    assert code == 3, err
+    here = json.loads(out)
+    assert doc["predictions"] == here["predictions"] and doc["errors"] == here["errors"]
+    assert doc["drift"] == here["drift"] and set(doc["summary"]) == set(here["summary"])
+    code, out, err = run_cli(*args, "--run", str(resnet_case.run), "--engine", "onnxruntime")
+    assert code == 3, err
+    run_doc = json.loads(out)
+    answers = [(p["path"], p["label"], p["exit"]) for p in run_doc["predictions"]]
+    assert len({a[2] for a in answers}) >= 2 and len({a[1] for a in answers}) >= 2  # the check can fail
+    assert [(p["path"], p["label"], p["exit"]) for p in doc["predictions"]] == answers

@@ -89,18 +89,54 @@ def costs_of(run: Run, write: bool = True):
                         [float(h) for h in report.shallow_heads])
 
 
+def calibrate_outputs(logits, labels, costs, *, target_acc=None, max_drop=None, budget=None, confidence=None,
+                      score: str = DEFAULT_SCORE, fallback: str = DEFAULT_FALLBACK, seed: int = 0,
+                      mode: Optional[str] = None):
+    """The threshold search on validation outputs (numpy [n, K, C] logits, [n] labels) with ``costs``
+    (a ``CascadeCosts``): (the calibration record, the ``CalibrationResult``). ``calibrate_run`` runs it on
+    the model's outputs, ``inference/quantize.py`` on the int8 pieces' own."""
+    import numpy as np
+
+    from ..exit_outputs import exit_correctness, exit_order_warning
+    from .cascade import CascadeData
+    from .choose import calibrate
+    from .drift import reference_from_logits
+
+    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
+    t0 = time.perf_counter()
+    scores, correct = exit_correctness(logits, labels, score, fallback)
+    # with fallback last an exit can be switched off (it then runs nothing); the ensemble needs every head
+    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
+                       heads=None if fallback == "ensemble" else costs.heads)
+    result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
+                       confidence=confidence, seed=seed, backbone_cost=backbone_macs,
+                       references=answer_references(logits, labels), score=score)
+    doc = result.to_dict()
+    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
+                "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
+                "head_macs": list(costs.heads),
+                "search_seconds": time.perf_counter() - t0,
+                "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
+    doc["expected_macs"] = doc.get("expected_cost")
+    # what predict's drift check compares with (exits and answering scores under these thresholds)
+    doc["drift_reference"] = reference_from_logits(logits, result.thresholds, score, fallback)
+    warning = exit_order_warning(logits, labels, mode=mode)  # mode: how the run trained, for the advice
+    if warning:
+        import logging
+
+        logging.getLogger("scan_cli").warning(warning)
+        doc["warnings"] = [warning]
+    return doc, result
+
+
 def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confidence=None, score=None,
                   fallback=None, split: str = "val", save: bool = True, plot: Optional[Path] = None,
                   device: str = "cpu", seed: int = 0, data: Optional[str] = None) -> dict:
     """Choose per-exit thresholds on the run's validation split; write them into the artifact (and,
     with save=False, nothing at all: no cache either). ``data``: other labelled data with the model's
     classes to calibrate on instead, all of it (nothing is held out: the model never trained on it)."""
-    import numpy as np
-
     from .. import artifact
-    from ..exit_outputs import exit_correctness
-    from .cascade import CascadeData
-    from .choose import calibrate, check_goal
+    from .choose import check_goal
     from .plot import plot_front
 
     if split != "val":
@@ -120,38 +156,11 @@ def calibrate_run(run_dir, *, target_acc=None, max_drop=None, budget=None, confi
     used: dict = {}
     logits, labels, skipped = split_outputs(run, "val" if data is None else "all", device=device, data=data,
                                             write=save, used=used)
-    costs = costs_of(run, write=save)
-    cumulative, backbone_macs = costs.cumulative, costs.backbone_macs
-    t0 = time.perf_counter()
-    scores, correct = exit_correctness(logits, labels, score, fallback)
-    # with fallback last an exit can be switched off (it then runs nothing); the ensemble needs every head
-    data = CascadeData(scores=scores, correct=correct, costs=np.asarray(cumulative, dtype=float),
-                       heads=None if fallback == "ensemble" else costs.heads)
-    result = calibrate(data, target_acc=target_acc, max_drop=max_drop, budget=budget,
-                       confidence=confidence, seed=seed, backbone_cost=backbone_macs,
-                       references=answer_references(logits, labels), score=score)
-    doc = result.to_dict()
-    doc.update({"score": score, "fallback": fallback, "split": "val", "n_val": int(len(labels)),
-                "data": {"source": used.get("source"), "digest": used.get("digest"),
-                         "held_out_by_fit": data is None},
-                "skipped_images": skipped.count,
-                "backbone_macs": backbone_macs, "exit_macs": costs.for_policy(result.thresholds, fallback),
-                "head_macs": list(costs.heads),
-                "search_seconds": time.perf_counter() - t0,
-                "settings": {"target_acc": target_acc, "max_drop": max_drop, "budget": budget, "confidence": confidence}})
-    doc["expected_macs"] = doc.get("expected_cost")
-    from .drift import reference_from_logits
-
-    # what predict's drift check compares with (exits and answering scores under these thresholds)
-    doc["drift_reference"] = reference_from_logits(logits, result.thresholds, score, fallback)
-    from ..exit_outputs import exit_order_warning
-
-    warning = exit_order_warning(logits, labels, mode=(run.info.recipe or {}).get("mode"))
-    if warning:
-        import logging
-
-        logging.getLogger("scan_cli").warning(warning)
-        doc["warnings"] = [warning]
+    doc, result = calibrate_outputs(logits, labels, costs_of(run, write=save), target_acc=target_acc,
+                                    max_drop=max_drop, budget=budget, confidence=confidence, score=score,
+                                    fallback=fallback, seed=seed, mode=(run.info.recipe or {}).get("mode"))
+    doc["data"] = {"source": used.get("source"), "digest": used.get("digest"), "held_out_by_fit": data is None}
+    doc["skipped_images"] = skipped.count
     if plot is not None:
         plot_front(result, Path(plot))
     if save:

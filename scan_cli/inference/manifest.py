@@ -31,7 +31,9 @@ FALLBACKS = ("last", "ensemble")
 FIX = "export again with 'scan export'"
 # every key a format-1 manifest may hold: anything else is refused (a key added here is a format change)
 KEYS = {"format", "format_version", "producer", "backbone", "num_exits", "classes", "input", "data_config",
-        "thresholds", "score", "fallback", "calibrated", "drift_reference", "macs", "pieces", "full", "plain"}
+        "thresholds", "score", "fallback", "calibrated", "drift_reference", "macs", "pieces", "full", "plain",
+        "precision", "quantization"}  # the last two: `scan export --quantize int8` (inference/quantize.py)
+PRECISIONS = ("float32", "int8")
 PIECE_KEYS = {"file", "exit", "input", "input_shape", "outputs", "features", "features_shape", "logits",
               "max_abs_diff_vs_torch", "threshold", "macs_cumulative"}
 
@@ -151,6 +153,10 @@ def check(doc: dict, folder: Path) -> None:
         raise ManifestError(f"{c.path} has export format {version}, this scan_cli reads {FORMAT_VERSION}: "
                             "export again with this version ('scan export')")
     _known(c, doc, KEYS, "")
+    if doc.get("precision", "float32") not in PRECISIONS:
+        c.fail("precision", f"is {str(doc.get('precision'))[:20]!r}, not one of {', '.join(PRECISIONS)}")
+    if "quantization" in doc:
+        c.mapping(doc["quantization"], "quantization")
     K = c.integer(c.get(doc, "num_exits"), "num_exits", 1, MAX_EXITS)
     classes = c.listing(c.get(doc, "classes"), "classes")
     if not classes:

@@ -260,11 +260,7 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
         _log.warning(f"{which} under these thresholds, but {folder} holds their heads: ONNX Runtime runs whole graphs, "
                      "so their heads still run and are counted in the MACs; pass the training run as --run to "
                      "export only the heads these thresholds need")
-    from ..data import eval_transform
-
-    manifest = cascade.manifest
-    transform = eval_transform(manifest["data_config"], int(manifest["input"]["shape"][-1]))
-    report = predict_paths(cascade, paths, transform, policy, batch_size=batch_size,
+    report = predict_paths(cascade, paths, policy, batch_size=batch_size,
                            workers=workers_for(workers, len(paths), batch_size), top_k=top_k, progress=progress)
     report.summary["run"] = str(handle.folder if handle is not None else folder)
     report.summary["export"] = str(folder)
@@ -274,14 +270,15 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     return report
 
 
-def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_size: int = 64, workers: int = 0,
+def predict_paths(cascade: Cascade, paths: list, policy, *, batch_size: int = 64, workers: int = 0,
                   top_k: int = 1, progress: bool = True):
-    """``predict_files.predict_paths`` with the ONNX Runtime cascade (decoding as there, in a DataLoader)."""
+    """``torch_engine.predict_paths`` with the ONNX Runtime cascade. Preprocessing comes from the
+    manifest (``preprocess.py``: numpy + Pillow, no torch): uint8 batches decoded one batch ahead by
+    ``max(1, workers)`` threads, normalised once per batch."""
     import numpy as np
-    from torch.utils.data import DataLoader
 
-    from ..data.images import ImageFiles, collate_images
     from ..progress import track
+    from .preprocess import Preprocessing, batches as uint8_batches
 
     if workers < 0:
         raise UsageError(f"--workers {workers}: give 0 (decode in this process) or more")
@@ -290,19 +287,19 @@ def predict_paths(cascade: Cascade, paths: list, transform, policy, *, batch_siz
     costs = [float(c) for c in cascade.manifest["macs"]["exits_cumulative"]]
     backbone_macs = float(cascade.manifest["macs"]["backbone"])
     k_top = min(top_k, len(classes))
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images)
+    pre = Preprocessing.from_manifest(cascade.manifest)
+    loader = uint8_batches(paths, pre, batch_size, threads=max(1, workers))
     preds, errors = {}, {}
     model_seconds = 0.0
     start = time.perf_counter()
-    batches = track(loader, description="predict", total=len(loader)) if progress else loader
+    batches = track(loader, description="predict", total=-(-len(paths) // batch_size)) if progress else loader
     for indices, images, batch_errors in batches:
         for index, error in batch_errors:
             errors[index] = error
         if images is None:
             continue
         t_model = time.perf_counter()
-        out = cascade.early_exit(images.numpy(), policy.thresholds, policy.score, policy.fallback)
+        out = cascade.early_exit(pre.normalize(images), policy.thresholds, policy.score, policy.fallback)
         model_seconds += time.perf_counter() - t_model
         probs = softmax(out.logits)
         top_i = np.argsort(-probs, axis=-1, kind="stable")[:, :k_top]
