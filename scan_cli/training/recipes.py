@@ -76,6 +76,10 @@ class Recipe:
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"  # auto (= on: NHWC is faster on CPU and CUDA) | on | off
     label_smoothing: float = 0.0
+    # -- the heads-only phase after joint training (issue 22; training/phases.py) --
+    heads_epochs: Optional[int] = None  # heads-only epochs after the joint ones; None = auto_heads_epochs
+    heads_lr: Optional[float] = None  # their lr, cosine to 0; None = the heads-only rate (0.1 per 256 images)
+    heads_last: bool = False  # the heads phase also re-fits the deepest exit's classifier on the frozen features
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +132,28 @@ class Recipe:
             raise UsageError(f"streaming = {self.streaming!r}: give true or false")
         if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 8):
             raise UsageError(f"img_size = {self.img_size!r}: give a side of at least 8 pixels")
+        _validate_phase_keys(self)
+
+
+# heads-only epochs added after joint training when the recipe leaves heads_epochs unset (issue 22)
+AUTO_HEADS_FRACTION = 0.0
+
+
+def auto_heads_epochs(epochs: int, mode: str) -> int:
+    """The default length of the heads phase: none in heads mode (the whole run is heads-only)."""
+    return int(round(AUTO_HEADS_FRACTION * epochs)) if mode == "joint" else 0
+
+
+def _validate_phase_keys(recipe: Recipe) -> None:
+    """The heads-phase keys (issue 22), kept apart from the other keys' checks."""
+    n = recipe.heads_epochs
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise UsageError(f"heads_epochs = {n!r}: give a whole number of epochs, 0 or more")
+    lr = recipe.heads_lr
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf")):
+        raise UsageError(f"heads_lr = {lr!r} is out of range: give a positive learning rate such as 0.025")
+    if not isinstance(recipe.heads_last, bool):
+        raise UsageError(f"heads_last = {recipe.heads_last!r}: give true or false")
 
 
 def loss_settings(recipe: Recipe, num_shallow: int = 3) -> dict:
@@ -187,6 +213,11 @@ def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, nu
     if recipe.hflip is None:
         changes["hflip"] = not any(data == d or data.startswith(d + "-") for d in NO_FLIP_DATA)
     changes.update({k: v for k, v in loss_settings(recipe, num_shallow).items() if getattr(recipe, k) is None})
+    # the heads phase: only after joint training (a heads-only run is all heads phase)
+    if recipe.heads_epochs is None or mode != "joint":
+        changes["heads_epochs"] = auto_heads_epochs(recipe.epochs, mode) if mode == "joint" else 0
+    if recipe.heads_lr is None:
+        changes["heads_lr"] = round(base_lr_per_256(recipe, "heads") * global_batch / 256, 6)
     resolved = replace(recipe, **changes)
     resolved.validate()
     return resolved
@@ -204,7 +235,8 @@ def describe(recipe: Recipe, name: Optional[str]) -> str:
           if recipe.kd else "no KD")
     return (f"recipe {name or 'defaults'}: {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} "
             f"wd {recipe.weight_decay:g}, {sched}; {aug} at {recipe.img_size} px{', flip' if recipe.hflip else ', no flip'}; "
-            f"mode {recipe.mode}; loss {recipe.loss} ({kd}, exit grad {recipe.exit_grad:g})")
+            f"mode {recipe.mode}; loss {recipe.loss} ({kd}, exit grad {recipe.exit_grad:g})" +
+            (f"; then {recipe.heads_epochs} heads-only epoch(s) at lr {recipe.heads_lr:g}" if recipe.heads_epochs else ""))
 
 
 FIELDS = {f.name for f in fields(Recipe)}
