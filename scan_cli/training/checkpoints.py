@@ -83,8 +83,9 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
         log.info(f"{run_dir} finished training ({done} epochs) but its model was not written: writing it")
         return
     if done >= total:
-        raise ScanError(f"{run_dir} is finished ({done} of {total} epochs) and was left untouched: "
-                        f"to train it longer, pass --epochs N with N > {done}")
+        more = ("its backbone is final after its heads phase: start a new run with more --epochs" if recipe.heads_epochs
+                else f"to train it longer, pass --epochs N with N > {done}")
+        raise ScanError(f"{run_dir} is finished ({done} of {total} epochs) and was left untouched: {more}")
     if (run_dir / MODEL_FILE).is_file():
         log.warning(f"{run_dir} is extended from {done} to {total} epochs: its model and any calibration "
                     "are replaced at the end (run 'scan calibrate' again)")
