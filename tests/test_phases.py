@@ -132,3 +132,15 @@ def test_bad_phase_key_in_a_recipe_file_is_one_line_exit_2(run_cli, tmp_path):
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "heads_epochs" in lines[0], err
+
+
+def test_heads_last_refits_only_the_deepest_classifier(folder, tmp_path):
+    recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=1, heads_last=True)
+    _fit_saving_checkpoints(recipe, tmp_path / "run", tmp_path / "ck")
+    joint, _ = _checkpoint(tmp_path / "ck" / "epoch1.safetensors")
+    final = load_file(str(tmp_path / "run" / "model.safetensors"))
+    fc = [k for k in final if k.startswith("backbone.model.fc.")]
+    assert fc and all(not torch.equal(final[k], joint[f"model.{k}"]) for k in fc)
+    for k in final:
+        if k.startswith("backbone.") and k not in fc:
+            assert torch.equal(final[k], joint[f"model.{k}"]), k
