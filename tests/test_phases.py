@@ -3,6 +3,7 @@ either phase, the recipe keys."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,11 @@ def test_resume_in_either_phase_gives_the_uninterrupted_weights(folder, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
 
 
+def test_a_run_from_before_the_heads_phase_resumes_without_one():
+    assert phases.as_trained(Recipe(epochs=10)).heads_epochs == 0
+    assert phases.as_trained(Recipe(epochs=10, heads_epochs=3)).heads_epochs == 3
+
+
 def test_a_run_in_its_heads_phase_cannot_grow_joint_epochs():
     history = [{"epoch": 1, "phase": "joint"}, {"epoch": 2, "phase": "heads"}]
     phases.check_resume(history, Recipe(epochs=1, heads_epochs=2))  # as trained: fine
@@ -112,7 +118,11 @@ def test_resolve_fills_the_phase_keys():
     heads = resolve(Recipe(heads_epochs=3), img_size=16, mode="heads")
     assert heads.heads_epochs == 0  # a heads-only run is all heads phase
     joint = resolve(Recipe(epochs=10), img_size=16, mode="joint", world_size=2)
-    assert isinstance(joint.heads_epochs, int) and joint.heads_epochs >= 0
+    assert joint.heads_epochs == 3  # the default from scratch: 30 % of the joint epochs, rounded down
+    assert resolve(Recipe(epochs=3), img_size=16, mode="joint").heads_epochs == 0  # smoke runs stay short
+    assert resolve(Recipe(epochs=200), img_size=16, mode="joint").heads_epochs == 5  # capped
+    paper = Path(__file__).resolve().parents[1] / "recipes" / "cifar100-resnet18-paper.toml"
+    assert load_recipe(str(paper)).heads_epochs == 0  # the paper's schedule, exactly
     assert joint.heads_lr == pytest.approx(0.1 * 128 / 256)  # the heads-only rate for the global batch
     assert resolve(Recipe(heads_epochs=4, heads_lr=0.3), img_size=16, mode="joint").heads_epochs == 4
 

@@ -78,6 +78,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     if opts.resume:
         check_resumable(Path(opts.resume), recipe)
+        recipe = phases.as_trained(recipe)
     registry = default_registry()
     spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)

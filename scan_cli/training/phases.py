@@ -60,6 +60,13 @@ def enter_heads_phase(model, optimizer, epoch: int, recipe: Recipe, wrap):
     return wrap(model)
 
 
+def as_trained(recipe: Recipe) -> Recipe:
+    """A run from before the heads phase existed (no heads_epochs in its checkpoint) resumes without one."""
+    from dataclasses import replace
+
+    return replace(recipe, heads_epochs=0) if recipe.heads_epochs is None else recipe
+
+
 def check_resume(history: list, recipe: Recipe) -> None:
     """A run that reached its heads phase cannot grow more joint epochs (the backbone is final)."""
     done_heads = [h["epoch"] for h in history if h.get("phase") == "heads"]
