@@ -33,13 +33,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {  # name: (description, recipe keys)
+    # heads_epochs = 0: these rows are what they say (the heads phase became the default, issue 22)
     "plain": ("plain backbone (CE on the last exit only)",
-              {"kd": False, "feature_hint": False, "attention": False, "exit_weights": [0.0, 0.0, 0.0]}),
-    "ce": ("multi-exit CE (no KD, hint or attention)", {"kd": False, "feature_hint": False, "attention": False}),
+              {"kd": False, "feature_hint": False, "attention": False, "exit_weights": [0.0, 0.0, 0.0], "heads_epochs": 0}),
+    "ce": ("multi-exit CE (no KD, hint or attention)",
+           {"kd": False, "feature_hint": False, "attention": False, "heads_epochs": 0}),
     "scan": ("SCAN joint, default loss (`--loss scan`)", {"heads_epochs": 0}),
     "phased": ("SCAN joint + 3 heads-only epochs (`heads_epochs = 3`)", {"heads_epochs": 3}),
     "heads": ("SCAN heads-only on the plain run's weights", {"mode": "heads"}),
-    "paper": ("SCAN, the paper's loss (`--loss paper`)", {"loss": "paper"}),
+    "paper": ("SCAN, the paper's loss (`--loss paper`)", {"loss": "paper", "heads_epochs": 0}),
 }
 
 
