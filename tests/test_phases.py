@@ -9,14 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_training import make_folder, tiny_recipe
 
 from scan_cli.errors import ScanError, UsageError
 from scan_cli.training import phases
 from scan_cli.training.loop import FitOptions, fit
 from scan_cli.training.recipes import Recipe, load_recipe, resolve
 from scan_cli.training.schedule import lr_at
-
-from test_training import make_folder, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def folder(tmp_path_factory):
 
 def _checkpoint(path):
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 (safe_open is not a dict)
 
 
 def _fit_saving_checkpoints(recipe, out, keep):
@@ -138,7 +137,7 @@ def test_bad_phase_keys_are_usage_errors(key, value):
 def test_bad_phase_key_in_a_recipe_file_is_one_line_exit_2(run_cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("heads_epochs = -2\n")
-    code, out, err = run_cli("fit", "resnet10_cifar", "--recipe", str(bad), "--print-recipe")
+    code, _, err = run_cli("fit", "resnet10_cifar", "--recipe", str(bad), "--print-recipe")
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "heads_epochs" in lines[0], err

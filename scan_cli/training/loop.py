@@ -178,7 +178,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                     save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch + 1, recipe, history,
                                     {"backbone": spec.id, "recipe_name": opts.recipe_name, **_provenance(registry, spec)})
                     accs = "  ".join(f"{a:.3f}" for a in val["exits"])
-                    progress.console.print(f"epoch {epoch + 1}/{total}{' (heads)' if phase == 'heads' and phase != summary['mode'] else ''}  loss {stats['loss']:.4f}  "
+                    tag = " (heads phase)" if phase != summary["mode"] else ""
+                    progress.console.print(f"epoch {epoch + 1}/{total}{tag}  loss {stats['loss']:.4f}  "
                                            f"{stats['images_per_s']:.0f} img/s  val acc per exit {accs}  "
                                            f"ensemble {val['ensemble']:.3f}", highlight=False)
                     if on_epoch:

@@ -22,6 +22,7 @@ from ..errors import ScanError
 from .recipes import Recipe
 from .schedule import lr_at
 
+
 def total_epochs(recipe: Recipe) -> int:
     """Every epoch the run trains: the joint (backbone) epochs and the heads-only ones."""
     return recipe.epochs + (recipe.heads_epochs or 0)
