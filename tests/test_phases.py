@@ -153,3 +153,24 @@ def test_heads_last_refits_only_the_deepest_classifier(folder, tmp_path):
     for k in final:
         if k.startswith("backbone.") and k not in fc:
             assert torch.equal(final[k], joint[f"model.{k}"]), k
+
+
+def test_heads_phase_under_ddp_two_processes(folder, tmp_path):
+    """torchrun with 2 CPU processes: DDP is rebuilt for the heads phase (it reduces only the
+    parameters that required gradients when it was built)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_training import _free_port
+
+    recipe = tmp_path / "phased.toml"
+    recipe.write_text("heads_epochs = 1\n")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "scan_cli", "fit", "resnet10_cifar", "--recipe", str(recipe), "--data", str(folder), "--epochs", "1",
+           "--img-size", "16", "--batch-size", "4", "--workers", "0", "--out", str(out), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert doc["world_size"] == 2 and [h["phase"] for h in doc["history"]] == ["joint", "heads"]
