@@ -78,15 +78,16 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> None:
     """A finished run is left untouched; extending one drops its calibration (new weights)."""
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise ScanError(f"nothing to resume in {run_dir}: no {CHECKPOINT_FILE} (start a new run without --resume)")
-    done = checkpoint_epoch(run_dir)
-    if done >= recipe.epochs and not (run_dir / MODEL_FILE).is_file():
+    done, total = checkpoint_epoch(run_dir), recipe.epochs + (recipe.heads_epochs or 0)  # the heads phase too
+    if done >= total and not (run_dir / MODEL_FILE).is_file():
         log.info(f"{run_dir} finished training ({done} epochs) but its model was not written: writing it")
         return
-    if done >= recipe.epochs:
-        raise ScanError(f"{run_dir} is finished ({done} of {recipe.epochs} epochs) and was left untouched: "
-                        f"to train it longer, pass --epochs N with N > {done}")
+    if done >= total:
+        more = ("its backbone is final after its heads phase: start a new run with more --epochs" if recipe.heads_epochs
+                else f"to train it longer, pass --epochs N with N > {done}")
+        raise ScanError(f"{run_dir} is finished ({done} of {total} epochs) and was left untouched: {more}")
     if (run_dir / MODEL_FILE).is_file():
-        log.warning(f"{run_dir} is extended from {done} to {recipe.epochs} epochs: its model and any calibration "
+        log.warning(f"{run_dir} is extended from {done} to {total} epochs: its model and any calibration "
                     "are replaced at the end (run 'scan calibrate' again)")
 
 

@@ -22,9 +22,9 @@ from ..errors import Interrupted, ScanError
 from ..runs import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RECIPE_FILE
 from .checkpoints import check_resumable, load_checkpoint, read_checkpoint_recipe, save_checkpoint
 from .distributed import DistInfo, init_distributed, pick_device
+from . import phases
 from .loss import scan_loss
 from .recipes import Recipe, image_size
-from .schedule import lr_at
 
 log = logging.getLogger("scan_cli")
 
@@ -78,6 +78,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     if opts.resume:
         check_resumable(Path(opts.resume), recipe)
+        recipe = phases.as_trained(recipe)
     registry = default_registry()
     spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)
@@ -109,7 +110,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         if skipped:
             log.warning(f"--weights: classifier has another class count; trained anew for {len(classes)} classes")
     if mode == "heads":
-        _freeze_backbone(model, retrain_classifier=new_classifier)
+        phases.freeze_backbone(model, retrain_classifier=new_classifier)
     model.to(device)
     channels_last = recipe.channels_last != "off"  # NHWC is faster on CUDA and CPU alike (bench/results/train.md)
     if channels_last:
@@ -125,7 +126,8 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     start_epoch, history = 0, []
     if opts.resume:
         start_epoch, history, _ = load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer)
-        log.info(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
+        phases.check_resume(history, recipe)
+        log.info(f"resuming {run_dir} after epoch {start_epoch} of {phases.total_epochs(recipe)}")
     elif dist_info.is_main:
         log.info(f"run {run_dir}")
     if dist_info.is_main:
@@ -136,11 +138,12 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
         log.info(f"device {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else "") +
                  f"; {len(classes)} classes; {sizes} images")
 
-    train_model = model
-    if dist_info.enabled:
+    def wrap(m):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else m
+
+    train_model, total = wrap(model), phases.total_epochs(recipe)
 
     amp_dtype = _amp_dtype(recipe.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -153,15 +156,18 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     summary = {"run": str(run_dir), "backbone": spec.id, "provider": spec.provider, "mode": mode,
                "data": splits.source, "split_sizes": splits.split_sizes, "classes": len(classes),
                "img_size": img_size, "device": str(device), "world_size": dist_info.world_size,
-               "epochs": recipe.epochs, "history": history}
+               "epochs": recipe.epochs, "heads_epochs": recipe.heads_epochs, "history": history}
     try:
         with make_progress(transient=False) as progress:
-            epoch_task = progress.add_task("epochs", total=recipe.epochs, completed=start_epoch, status="")
+            epoch_task = progress.add_task("epochs", total=total, completed=start_epoch, status="")
             steps_per_epoch = loader_length(make_loader(splits.train, batch_size=recipe.batch_size, shuffle=False,
                                                distributed=dist_info.enabled, drop_last=True, **loader_kw))
-            clock = StepClock(steps_per_epoch * recipe.epochs if steps_per_epoch else None,
+            clock = StepClock(steps_per_epoch * total if steps_per_epoch else None,
                               done_steps=(steps_per_epoch or 0) * start_epoch, log=None if dist_info.is_main else False)
-            for epoch in range(start_epoch, recipe.epochs):
+            for epoch in range(start_epoch, total):
+                phase = "heads" if mode == "heads" or phases.in_heads_phase(recipe, epoch) else "joint"
+                if phase != mode:  # the heads phase after joint training: backbone frozen from here on
+                    train_model, mode = phases.enter_heads_phase(model, optimizer, epoch, recipe, wrap), phase
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
                                      distributed=dist_info.enabled, drop_last=True, skipped=skipped["train"], **loader_kw)
@@ -170,11 +176,12 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                 if dist_info.is_main:
                     logits, labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
                     val = exit_accuracies(logits, labels)
-                    history.append({"epoch": epoch + 1, **stats, "val": val})
+                    history.append({"epoch": epoch + 1, "phase": phase, **stats, "val": val})
                     save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, epoch + 1, recipe, history,
                                     {"backbone": spec.id, "recipe_name": opts.recipe_name, **_provenance(registry, spec)})
                     accs = "  ".join(f"{a:.3f}" for a in val["exits"])
-                    progress.console.print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
+                    tag = " (heads phase)" if phase != summary["mode"] else ""
+                    progress.console.print(f"epoch {epoch + 1}/{total}{tag}  loss {stats['loss']:.4f}  "
                                            f"{stats['images_per_s']:.0f} img/s  val acc per exit {accs}  "
                                            f"ensemble {val['ensemble']:.3f}", highlight=False)
                     if on_epoch:
@@ -327,14 +334,6 @@ def _check_hub_reachable(model_id: str) -> None:
             raise weights_not_cached(model_id)
 
 
-def _freeze_backbone(model, retrain_classifier: bool) -> None:
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    if retrain_classifier:
-        for p in model.backbone.classifier().parameters():
-            p.requires_grad_(True)
-
-
 def _amp_dtype(amp: str, device):
     import torch
 
@@ -374,7 +373,7 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
     with uneven:
         for step, (images, labels) in enumerate(loader):
             frac = step / steps if steps else 0.0
-            lr = lr_at(recipe, epoch, frac)
+            lr = phases.lr_for(recipe, epoch, frac)
             loss = _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_dtype, scaler,
                                channels_last, progress=(epoch + frac) / recipe.epochs)
             seen += images.shape[0]
@@ -385,7 +384,7 @@ def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, a
             if epoch_task is not None and steps:  # fractional epochs, so the run's ETA is known from the first steps
                 progress.update(epoch_task, completed=epoch + (step + 1) / steps)
             if clock is not None:
-                clock.tick(f"epoch {epoch + 1}/{recipe.epochs} step {step + 1}/{steps or '?'}  {status}")
+                clock.tick(f"epoch {epoch + 1}/{phases.total_epochs(recipe)} step {step + 1}/{steps or '?'}  {status}")
     progress.remove_task(task)
     elapsed = time.perf_counter() - t0
     if seen == 0:
