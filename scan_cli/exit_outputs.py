@@ -10,14 +10,15 @@ from typing import Optional
 
 from . import files
 from .data.loader import loader_length
+from .progress import track
 from .runs import Run
+from .scoring import confidence
 
 
 def collect_exit_outputs(model, loader, device="cpu", progress: Optional[str] = None):
     """All exits' logits for every item of ``loader``: (logits [n, K, C] float32, labels [n] long)."""
     import torch
 
-    from .progress import track
 
     model.eval()
     all_logits, all_labels = [], []
@@ -86,7 +87,6 @@ def exit_correctness(logits, labels, score: str = "max_softmax", fallback: str =
     exit's prediction, or the mean of all exits' logits with fallback='ensemble'."""
     import numpy as np
 
-    from .scoring import confidence
 
     logits = logits.numpy() if hasattr(logits, "numpy") else np.asarray(logits)
     labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)

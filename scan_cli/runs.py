@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ScanError
+from .errors import ScanError, UsageError
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -42,7 +42,6 @@ def latest_link(root: Optional[Path] = None) -> Path:
 def check_new_run_dir(out) -> None:
     """``fit --out``: never the ``latest`` link's own path (a real folder there would break every
     later ``fit`` at its very end)."""
-    from .errors import UsageError
 
     if out is not None and os.path.abspath(out) == os.path.abspath(latest_link()):
         raise UsageError(f"--out {out} is the link scan points at the newest run: give another folder, "

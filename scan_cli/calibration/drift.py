@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from ..scoring import confidence
+
 ALPHA = 0.01
 MIN_IMAGES = 50  # below this a call is too small to test (and `--drift off` is the switch for it)
 MAX_BINS = 8  # score bins per exit
@@ -125,7 +127,6 @@ def reference_problem(ref, num_exits: int):
 
 def reference_from_logits(logits, thresholds, score: str = "max_softmax", fallback: str = "last") -> dict:
     """The reference from validation logits [n, K, C], scored as the engines score at predict time."""
-    from ..scoring import confidence
 
     logits = np.asarray(logits)
     n, K, _ = logits.shape

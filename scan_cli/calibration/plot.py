@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import files
+from ..errors import UsageError
 from .choose import CalibrationResult
-
 
 # what matplotlib's Agg canvas writes (no matplotlib import needed to check a --plot path up front)
 PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "ps", "eps", "pgf", "raw", "rgba")
@@ -17,7 +17,6 @@ PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp
 
 def check_plot_path(path) -> None:
     """A --plot file whose suffix matplotlib can write (none = PNG): checked before the search."""
-    from ..errors import UsageError
 
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix and suffix not in PLOT_FORMATS:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..devices import keep_freed_memory, resolve_device
 from ..errors import UsageError
 from ..policy import DEFAULT_FALLBACK, DEFAULT_SCORE, Calibration, check_fallback, check_score, numeric
 from ..runs import Run
@@ -40,7 +41,6 @@ def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None
             _warn_skipped(split, skipped, len(cached[1]))
             return cached[0], cached[1], skipped
     from ..data import make_loader, run_split
-    from ..devices import keep_freed_memory, resolve_device
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
     dataset, splits = run_split(run.folder, run.info, split, None if own else data)

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..devices import check_device
 from ..errors import UsageError
+from ..policy import check_fallback, check_score
 from ._options import DEVICE, JSON, RUN
 
 
@@ -32,13 +34,10 @@ def calibrate_command(
     as_json: bool = JSON,
 ):
     """Choose per-exit thresholds: cheapest cascade that keeps the accuracy promise on validation data."""
+    from ..calibration.choose import check_goal
     from ..calibration.run import calibrate_run
     from ..runs import resolve_run
     from ._output import info, print_json
-
-    from ..calibration.choose import check_goal
-    from ..devices import check_device
-    from ..policy import check_fallback, check_score
 
     check_goal(target_acc, max_drop, budget, confidence)  # every flag before the run, the data or torch
     check_score(score)
@@ -125,11 +124,9 @@ def evaluate_command(
 ):
     """Accuracy of every exit, the ensemble and the calibrated cascade on held-out data."""
     from ..calibration.run import evaluate_run
+    from ..data import EVAL_SPLITS
     from ..runs import resolve_run
     from ._output import print_json, stdout_console
-
-    from ..data import EVAL_SPLITS
-    from ..devices import check_device
 
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..devices import check_device
 from ..errors import UsageError
 from ._options import DEVICE, JSON
 
@@ -52,15 +53,13 @@ def fit_command(
     as_json: bool = JSON,
 ):
     """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
+    from ..runs import check_new_run_dir
     from ..training.checkpoints import read_checkpoint_recipe
     from ..training.loop import FitOptions, fit
     from ..training.preflight import check_fit
     from ..training.recipes import load_recipe
     from ._output import print_json
 
-    from ..runs import check_new_run_dir
-
-    from ..devices import check_device
 
     check_new_run_dir(None if resume else out)
     check_device(device)

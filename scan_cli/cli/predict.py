@@ -69,8 +69,6 @@ def predict_command(
         raise UsageError("--compare-plain times the PyTorch engine: drop it with --engine onnxruntime "
                          "(bench/bench_onnx.py compares ONNX Runtime with the plain model)")
     if quantize is not None and not use_onnx:
-        from ..errors import UsageError
-
         raise UsageError("--quantize runs the ONNX Runtime engine: add --engine onnxruntime")
     if drift not in ("on", "off"):
         raise UsageError(f"--drift '{drift}': use on or off")

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..devices import keep_freed_memory, resolve_device, use_channels_last
 from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
@@ -92,8 +93,6 @@ def profile_command(
 
     latency = cascade = None
     if not no_latency:
-        from ..devices import keep_freed_memory, resolve_device, use_channels_last
-
         keep_freed_memory(resolve_device(device))  # as scan predict runs: both are timed under it
         layout = use_channels_last(channels_last, model)  # the same rule scan predict uses
         sizes = sorted({1, batch_size})

@@ -26,8 +26,10 @@ from typing import NamedTuple, Optional
 
 from ..errors import ScanError, UsageError
 from ..policy import Calibration, fires
+from ..progress import track
 from ..runs import Run
-from ..scoring import run_cascade, softmax_numpy as softmax  # the exit rule; its numpy path needs no torch
+from ..scoring import run_cascade  # the exit rule; its numpy path needs no torch
+from ..scoring import softmax_numpy as softmax
 from . import manifest as manifests
 from .manifest import MANIFEST_FILE
 from .plan import exit_policy, workers_for
@@ -277,8 +279,8 @@ def predict_paths(cascade: Cascade, paths: list, policy, *, batch_size: int = 64
     ``max(1, workers)`` threads, normalised once per batch."""
     import numpy as np
 
-    from ..progress import track
-    from .preprocess import Preprocessing, batches as uint8_batches
+    from .preprocess import Preprocessing
+    from .preprocess import batches as uint8_batches
 
     if workers < 0:
         raise UsageError(f"--workers {workers}: give 0 (decode in this process) or more")

@@ -7,8 +7,17 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from ..devices import check_device
 from ..errors import UsageError
-from ..policy import DEFAULT_FALLBACK, DEFAULT_SCORE, Calibration, ExitPolicy, check_fallback, check_score, parse_thresholds
+from ..policy import (
+    DEFAULT_FALLBACK,
+    DEFAULT_SCORE,
+    Calibration,
+    ExitPolicy,
+    check_fallback,
+    check_score,
+    parse_thresholds,
+)
 
 log = logging.getLogger("scan_cli.inference")
 
@@ -17,7 +26,6 @@ def check_flags(*, batch_size: int = 64, top_k: int = 1, channels_last: Optional
                 score: Optional[str] = None, fallback: Optional[str] = None, target_acc: Optional[float] = None,
                 thresholds: Optional[str] = None, workers: Optional[int] = None, device: Optional[str] = None) -> None:
     """Usage errors that need no run, no model and no image: checked before anything else."""
-    from ..devices import check_device
 
     check_device(device)
     if batch_size < 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import files
+from ..policy import describe
 
 
 @dataclass
@@ -112,8 +113,6 @@ def summary_lines(summary: dict) -> list:
             lines.append("realised speed-up: not measured (--compare-plain times the plain model on the same images)")
     policy = summary.get("policy")
     if policy:
-        from ..policy import describe
-
         ts = ", ".join(describe(t) for t in policy["thresholds"])
         lines.append(f"thresholds {ts} (score {policy['score']}, fallback {policy['fallback']}; from {policy['source']})")
     return lines

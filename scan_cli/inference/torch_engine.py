@@ -19,11 +19,14 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from ..devices import keep_freed_memory, resolve_device, use_channels_last
 from ..errors import UsageError
 from ..policy import Calibration, ExitPolicy, parse_thresholds
+from ..progress import track
 from ..runs import Run
 from .plan import check_flags, exit_policy, workers_for
 from .report import PredictionReport, add_predictions, build_report
+
 
 # -- the batch loop -----------------------------------------------------------------------------------
 def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes: list, costs: list,
@@ -37,10 +40,9 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     import torch
     from torch.utils.data import DataLoader
 
+    from ..data.images import ImageFiles, collate_images, draft_size
     from ..data.transforms import batch_preprocessing
     from .file_batches import to_model_input, uint8_batches
-    from ..data.images import ImageFiles, collate_images, draft_size
-    from ..progress import track
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
@@ -122,7 +124,6 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     from ..calibration.run import calibrate_run
     from ..data import eval_transform
     from ..data.images import find_images, max_image_pixels
-    from ..devices import keep_freed_memory, resolve_device, use_channels_last
     from ..profiling import cascade_costs
 
     check_flags(batch_size=batch_size, top_k=top_k, channels_last=channels_last, score=score, fallback=fallback,

@@ -19,10 +19,11 @@ from typing import Optional
 from .. import files
 from ..data.loader import loader_length
 from ..errors import Interrupted, ScanError
+from ..progress import StepClock, make_progress
 from ..runs import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RECIPE_FILE
+from . import phases
 from .checkpoints import check_resumable, load_checkpoint, read_checkpoint_recipe, save_checkpoint
 from .distributed import DistInfo, init_distributed, pick_device
-from . import phases
 from .loss import scan_loss
 from .recipes import Recipe, image_size
 
@@ -67,7 +68,6 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     from ..data import SkippedImages, load_data, make_loader
     from ..exit_outputs import collect_exit_outputs, exit_accuracies
     from ..model import HeadConfig
-    from ..progress import StepClock, make_progress
     from .recipes import available, batch_for_data, describe, resolve
 
     recipe = _with_data_options(opts.recipe, opts)
