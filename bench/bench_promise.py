@@ -151,17 +151,20 @@ def _table(name, rows, promises, resplits, facts) -> list:
              f"Pool accuracy per exit {ex} %, {ens}; the `--target-acc` levels are "
              f"the pool's best single exit ({100 * facts['best']:.2f} %) - 2, - 1, - 0 points. "
              f"{facts['seconds']:.0f} s.", "",
-             "| mode | promise | made | mean promised | coverage | mean shortfall (points) | mean speed-up |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| mode | promise | made | mean promised | coverage (of made) | held (of all re-splits) "
+             "| mean shortfall (points) | mean speed-up |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for m in MODES:
         for p in promises:
             made = [x for x in rows[(m, p)] if x is not None]
             if not made:
-                lines.append(f"| {m} | {_label(p)} | 0/{resplits} | – | – | – | – |")
+                lines.append(f"| {m} | {_label(p)} | 0/{resplits} | – | – | 100 % | – | – |")
                 continue
             a = np.array(made)
+            failed = int((a[:, 1] < a[:, 0]).sum())
             lines.append(f"| {m} | {_label(p)} | {len(made)}/{resplits} | {100 * a[:, 0].mean():.2f} % | "
-                         f"{100 * (a[:, 1] >= a[:, 0]).mean():.0f} % | {100 * (a[:, 0] - a[:, 1]).mean():+.2f} | "
+                         f"{100 * (a[:, 1] >= a[:, 0]).mean():.0f} % | {100 * (1 - failed / resplits):.0f} % | "
+                         f"{100 * (a[:, 0] - a[:, 1]).mean():+.2f} | "
                          f"{a[:, 2].mean():.2f}x |")
     return lines
 
@@ -178,15 +181,19 @@ def _goals(rows, promises, facts) -> dict:
             a = np.array(made)
             worst.append(100 * (a[:, 0] - a[:, 1]).mean())
     out["default_worst_shortfall"] = max(worst) if worst else None
+    # "accuracy >= X with probability >= 0.9" is a statement over re-splits: a re-split fails it when a
+    # target was certified and the evaluation part fell short of it (a refusal promises nothing). The
+    # share of promises made that held (conditional coverage) is in the table too, but it is not what
+    # the guarantee bounds: certification is likelier on a lucky calibration part.
     cov = []
     for p in promises:
-        made = [x for x in rows[("new, --confidence 0.9", p)] if x is not None]
-        if made:
-            a = np.array(made)
-            cov.append((a[:, 1] >= a[:, 0]).mean())
+        runs = rows[("new, --confidence 0.9", p)]
+        cov.append(1 - sum(1 for x in runs if x is not None and x[1] < x[0]) / len(runs))
     out["confidence_min_coverage"] = min(cov) if cov else None
-    certified = [x[0] for p in promises for x in rows[("new, --confidence 0.9", p)] if x is not None]
-    out["highest_certified"] = max(certified) if certified else None
+    # the highest target certified in at least half of the re-splits (not the luckiest one)
+    often = [p[1] for p in promises if p[0] == "target"
+             and sum(x is not None for x in rows[("new, --confidence 0.9", p)]) * 2 >= len(rows[("new, --confidence 0.9", p)])]
+    out["highest_certified"] = max(often) if often else None
     return out
 
 
@@ -217,13 +224,19 @@ def main(argv=None) -> int:
         w, c, h = g["default_worst_shortfall"], g["confidence_min_coverage"], g["highest_certified"]
         lines.append(f"- {name}: default mode's worst mean shortfall {w:+.2f} point (goal <= 0.5): "
                      f"{'met' if w is not None and w <= 0.5 else '**not met**'}" if w is not None else f"- {name}: no default promise made")
-        lines.append(f"- {name}: `--confidence 0.9` lowest coverage {100 * c:.0f} % (goal >= 90 %): "
+        lines.append(f"- {name}: `--confidence 0.9` lowest share of re-splits in which the certified promise held "
+                     f"{100 * c:.0f} % (goal >= 90 %): "
                      f"{'met' if c >= 0.9 else '**not met**'}" if c is not None else f"- {name}: `--confidence 0.9` certified nothing")
-        if h is not None:
-            lines.append(f"- {name}: highest target certified at 0.9 {100 * h:.2f} % vs the run's best single exit on "
+        if h is None:
+            lines.append(f"- {name}: no `--target-acc` level was certified at 0.9 in half the re-splits")
+        else:
+            lines.append(f"- {name}: highest target certified at 0.9 in at least half the re-splits {100 * h:.2f} % "
+                         f"vs the run's best single exit on "
                          f"validation {val_best:.2f} % - 3 = {val_best - 3:.2f} %: {'met' if 100 * h >= val_best - 3 else '**not met**'}")
-    lines += ["", "## Drift alarm", "", "(Issue 19 part 3 -- the drift alarm's false-alarm rate on the clean evaluation "
-              "parts and its firing rate on shifted parts -- belongs to another change; its section goes here.)", ""]
+    lines += ["", "## Drift alarm", "", "Measured on simulated exit outputs only (`tests/test_drift.py`: false alarms "
+              "0.7-1.1 % over 3,000 exchangeable draws at 5 sizes; fires on 100 % of draws with an issue-sized shift of "
+              "the exit shares, 87 % with half of it, at 600 reference / 500 predicted images). Not yet measured on real "
+              "shifted images (rotation, contrast, noise, blur).", ""]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
     print(f"wrote {a.out}", file=sys.stderr)
