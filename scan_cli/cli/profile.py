@@ -126,10 +126,12 @@ def _time_cascade(profiling, model, run_dir, artifact_info, calibration, batch_s
     if batches is None:
         return None, reason
     info(f"timing the cascade vs the plain backbone on {sum(int(b.shape[0]) for b in batches)} validation images")
+    from ..policy import Calibration
+
+    policy = Calibration.from_metadata(calibration, model.num_exits).policy()
     timing = profiling.measure_cascade(
-        model, batches, calibration["thresholds"], score=calibration.get("score", "max_softmax"),
-        fallback=calibration.get("fallback", "last"), device=device, threads=threads, warmup=min(warmup, 1),
-        channels_last=channels_last)
+        model, batches, policy.thresholds, score=policy.score, fallback=policy.fallback, device=device,
+        threads=threads, warmup=min(warmup, 1), channels_last=channels_last)
     return timing, None
 
 

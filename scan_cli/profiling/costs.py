@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 from .. import files
 from ..errors import ScanError
-from ..policy import effective_costs
+from ..policy import Calibration, effective_costs
 from .macs import CACHE_SCHEMA, MacReport, count_macs
 
 
@@ -165,8 +165,8 @@ def expected_cost(report: MacReport, calibration: dict) -> ExpectedCost:
     if problem:
         raise ScanError(problem)
     shares = [float(s) for s in calibration["exit_shares"]]
-    costs = CascadeCosts(report.cumulative, report.backbone_macs, report.shallow_heads).for_policy(
-        calibration["thresholds"], calibration.get("fallback", "last"))
+    policy = Calibration.from_metadata(calibration, report.num_exits).policy()
+    costs = policy.costs(CascadeCosts(report.cumulative, report.backbone_macs, report.shallow_heads))
     macs = float(sum(s * c for s, c in zip(shares, costs)))
     return ExpectedCost(macs=macs, speedup=report.backbone_macs / macs if macs else float("nan"),
                         exit_shares=shares, thresholds=list(calibration["thresholds"]))
