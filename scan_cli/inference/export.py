@@ -283,7 +283,6 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
     import torch
 
     from ..data import eval_transform
-    from ..files import fsync_tree, replace_folder
     from ..profiling import profile_macs, structure_key
 
     if fmt not in FORMATS:
@@ -329,9 +328,7 @@ def export_model(model, info, out: Path, *, fmt: str = "onnx", all_exits: bool =
             piece.update(threshold=t, macs_cumulative=c)
         manifest = _manifest(info, model, policy, cal is not None, preprocessing, report, costs, pieces, opset)
         manifest.update(extra)
-        manifests.write(tmp, manifest)
-        fsync_tree(tmp)  # every graph and the manifest on disk before the folder is published
-        replace_folder(tmp, out)
+        manifests.publish(tmp, out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

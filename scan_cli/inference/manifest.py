@@ -353,6 +353,16 @@ def write(folder, manifest: dict) -> Path:
     return path
 
 
+def publish(tmp, out, manifest: dict) -> None:
+    """Finish an export written into ``tmp``: the manifest, every file on disk, then one atomic swap
+    into ``out`` (the previous export there stays whole until that instant)."""
+    from ..files import fsync_tree, replace_folder
+
+    write(tmp, manifest)
+    fsync_tree(tmp)
+    replace_folder(tmp, out)
+
+
 def is_export(folder) -> bool:
     """Whether ``folder`` holds a manifest that says it is a scan export (not validated)."""
     try:

@@ -62,7 +62,6 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
     import numpy as np
 
     from ..calibration.run import calibrate_outputs, costs_of
-    from ..files import fsync_tree, replace_folder
     from . import manifest as manifests
     from .export import MANIFEST_FILE, _prepare_out
     from .onnx_engine import Cascade, cached_export
@@ -125,10 +124,8 @@ def quantize_run(run: Run, out: Path, *, calibration_images: int = CALIBRATION_I
             })
         for piece, t in zip(manifest["pieces"], thresholds + [None]):
             piece["threshold"] = t
-        manifests.write(tmp, manifest)
-        del icascade
-        fsync_tree(tmp)  # every graph and the manifest on disk before the folder is published
-        replace_folder(tmp, out)
+        del icascade  # its sessions hold the int8 files open
+        manifests.publish(tmp, out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
