@@ -205,16 +205,16 @@ def update_metadata(path: Path, **fields: Any) -> ArtifactInfo:
     return info
 
 
-def load(path: Path, registry=None, device="cpu", info: Optional[ArtifactInfo] = None):
+def load(path: Path, registry=None, device="cpu", info: Optional[ArtifactInfo] = None, shapes_cache=None):
     """Rebuild the model from its backbone provider and load the tensors. Returns (model, info).
-    ``info``: the header already read (``runs.Run`` reads it once per command).
+    ``info``: the header already read (``runs.Run`` reads it once per command). ``shapes_cache``: the
+    run's cache file for the build's dry-run shapes (``runs.Run.shapes_cache``).
 
     Refuses (naming the provider and the package version it was trained with) when the backbone no
     longer has the model's exits or gives other shapes there; warns when the provider now declares
     other default split points (the model keeps its own exits, which still fit)."""
     from safetensors.torch import load_model
 
-    from .backbones.shapes import trace_shapes
     from .backbones.verify import SplitPointError, measured_reduction
     from .model import build_scan_model
     from .backbones.registry import default_registry, provider_label
@@ -229,11 +229,11 @@ def load(path: Path, registry=None, device="cpu", info: Optional[ArtifactInfo] =
     fix = _trained_with(info)
     try:
         model = build_scan_model(spec, num_classes=info.num_classes, head=head, split_modules=modules,
-                                 input_size=info.input_size)
+                                 input_size=info.input_size, shapes_cache=shapes_cache)
     except SplitPointError as exc:  # the provider's backbone changed under the artifact
         raise ScanError(f"{path} has exits after {', '.join(modules)}, which the installed backbone no longer offers "
                         f"({exc}): {fix}") from None
-    shapes = trace_shapes(model.backbone, info.input_size)
+    shapes = model.shapes  # the build's dry run at info.input_size
     for sp in info.split_points:
         c, h, _ = shapes[sp["module"]]
         r = measured_reduction(info.input_size, h)
@@ -315,11 +315,9 @@ def _warn_changed_split_points(path: Path, info: ArtifactInfo, spec) -> None:
 
 
 def info_for(model, spec, registry, *, classes, data_config, input_size, recipe=None) -> ArtifactInfo:
-    """Describe a freshly built ScanModel for saving."""
-    from .backbones.shapes import trace_shapes
-
+    """Describe a freshly built ScanModel for saving (built at ``input_size``: its own dry-run shapes)."""
     status = registry.provider_of(spec)
-    shapes = trace_shapes(model.backbone, input_size)
+    shapes = model.shapes
     splits = [{"module": m, "channels": shapes[m][0], "reduction": max(1, round(input_size / shapes[m][1]))}
               for m in model.split_modules]
     declared = [sp.to_dict() for sp in spec.split_points]

@@ -124,7 +124,8 @@ class EarlyExitOutput(NamedTuple):
 
 class ScanModel(nn.Module):
     def __init__(self, backbone, split_modules: list[str], num_classes: int, head: HeadConfig, shapes: dict):
-        """``shapes`` comes from ``backbones.shapes.trace_shapes`` (a dry-run forward)."""
+        """``shapes`` comes from ``backbones.shapes.trace_shapes`` (a dry-run forward); kept as
+        ``self.shapes`` so that nothing runs a second dry run for them."""
         super().__init__()
         unknown = [m for m in split_modules if m not in backbone.unit_names]
         if unknown:
@@ -138,6 +139,7 @@ class ScanModel(nn.Module):
         self.split_modules = list(split_modules)
         self.head_config = head
         self.num_classes = num_classes
+        self.shapes = dict(shapes)
         # sections: units up to and including each split, then the rest of the backbone
         bounds = [-1] + order + [len(backbone.unit_names) - 1]
         self.sections = [backbone.unit_names[a + 1: b + 1] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -226,15 +228,16 @@ class ScanModel(nn.Module):
 
 
 def build_scan_model(spec, *, num_classes: Optional[int], head: HeadConfig, split_modules: Optional[list[str]] = None,
-                     pretrained: bool = False, input_size: Optional[int] = None):
+                     pretrained: bool = False, input_size: Optional[int] = None, shapes_cache=None):
     """Build the backbone from its spec (``build(num_classes, pretrained)``, nothing else), measure
     shapes with a dry run, refuse a declaration the dry run contradicts (naming the provider), attach
-    the exits. ``num_classes=None`` keeps the backbone's own class count."""
+    the exits. ``num_classes=None`` keeps the backbone's own class count. ``shapes_cache``: a run's
+    cache file for the dry run's shapes (``backbones.shapes.cached_shapes``)."""
     from .backbones.verify import build_backbone, measure, verify_declaration, verify_splits
 
     backbone = build_backbone(spec, num_classes=num_classes, pretrained=pretrained)
     size = input_size or spec.input_size
-    shapes = measure(spec, backbone, size)
+    shapes = measure(spec, backbone, size, cache=shapes_cache)
     verify_declaration(spec, backbone, shapes, size)
     modules = split_modules or [s.module for s in spec.split_points]
     verify_splits(spec, backbone, modules)

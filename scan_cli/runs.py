@@ -191,7 +191,8 @@ class Run:
         if key not in self._models:
             from .artifact import load
 
-            model, _ = load(self.model_file, device=device, info=self.info)
+            model, _ = load(self.model_file, device=device, info=self.info,
+                            shapes_cache=self.shapes_cache(self.info.input_size))
             self._models[key] = model
         return self._models[key], self.info
 
@@ -200,6 +201,10 @@ class Run:
         """Exit outputs of a split, per artifact and per data (``data.split_digest``: for validation the
         membership digest), so outputs of different data are never mixed."""
         return self.cache_dir / f"{split}-outputs-v3-{self.fingerprint}-{digest}.safetensors"
+
+    def shapes_cache(self, input_size: int) -> Path:
+        """The backbone's dry-run shapes, keyed inside by its structure and versions (``backbones.shapes``)."""
+        return self.cache_dir / f"shapes-{int(input_size)}.json"
 
     def macs_cache(self, input_size: int) -> Path:
         return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"

@@ -1,8 +1,20 @@
-"""Shapes from a dry-run forward: feature_info is not trusted (plugins swap stems, ViTs use tokens)."""
+"""Shapes from a dry-run forward: feature_info is not trusted (plugins swap stems, ViTs use tokens).
+
+``cached_shapes`` keeps a dry run's result in a run's ``cache/`` keyed by what it depends on (the
+backbone's module tree and tensor shapes, torch, timm, the provider and its version, the input size):
+loading the run again builds the same backbone and reuses it instead of running one more forward."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
 from .contract import SplitPoint, default_splits
+
+SHAPES_SCHEMA = 1
 
 
 def trace_shapes(staged, input_size: int, device="cpu") -> dict:
@@ -36,3 +48,71 @@ def derive_split_points(staged, input_size: int, modules=None, device="cpu") -> 
     return [
         SplitPoint(m, shapes[m][0], max(1, round(input_size / shapes[m][1]))) for m in modules
     ]
+
+
+def shapes_key(staged, input_size: int, provider: str) -> str:
+    """What a dry run's shapes depend on: the module tree (its repr: layers, strides, paddings), every
+    tensor's name and shape, the input size, and the code's versions (torch, timm, scan, the provider)."""
+    import torch
+
+    from .. import __version__
+
+    digest = hashlib.sha256(repr(staged).encode())
+    for name, t in list(staged.named_parameters()) + list(staged.named_buffers()):
+        digest.update(f"{name}:{tuple(t.shape)}".encode())
+    timm = getattr(sys.modules.get("timm"), "__version__", "")
+    digest.update(json.dumps([int(input_size), torch.__version__, timm, __version__, provider]).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_shapes(staged, input_size: int, cache: Optional[Path], provider: str, trace=None) -> dict:
+    """``trace(staged, input_size)`` (default ``trace_shapes``), or its result stored in ``cache``
+    under the same ``shapes_key``; a missing, damaged or other-key cache is traced again and
+    rewritten (a read-only run folder: traced every time)."""
+    trace = trace or trace_shapes
+    if cache is None:
+        return trace(staged, input_size)
+    key = shapes_key(staged, input_size, provider)
+    shapes = _read_shapes(Path(cache), key, staged.unit_names)
+    if shapes is None:
+        shapes = trace(staged, input_size)
+        _write_shapes(Path(cache), key, shapes)
+    return shapes
+
+
+def _read_shapes(path: Path, key: str, unit_names) -> Optional[dict]:
+    """The stored shapes when ``path`` holds them for ``key``, complete and well formed; else None."""
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or doc.get("schema") != SHAPES_SCHEMA or doc.get("key") != key:
+            return None
+        raw = doc["shapes"]
+        shapes = {name: _dims(raw[name]) for name in list(unit_names) + ["__final__"]}
+        pre = raw["__pre_logits__"]
+        if not _count(pre):
+            return None
+        shapes["__pre_logits__"] = pre
+        return shapes
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _dims(value) -> tuple:
+    if not isinstance(value, list) or len(value) != 3 or not all(_count(v) for v in value):
+        raise ValueError("not [channels, height, width]")
+    return tuple(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _write_shapes(path: Path, key: str, shapes: dict) -> None:
+    from .. import files
+
+    doc = {"schema": SHAPES_SCHEMA, "key": key,
+           "shapes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in shapes.items()}}
+    try:
+        files.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    except OSError:
+        pass  # a read-only run folder: the next load traces again

@@ -83,13 +83,14 @@ def build_backbone(spec, *, num_classes=None, pretrained: bool = False):
     return backbone
 
 
-def measure(spec, backbone, size: int) -> dict:
-    """The dry-run shapes (``trace_shapes``); a failing forward names the provider."""
-    from .shapes import trace_shapes
+def measure(spec, backbone, size: int, cache=None) -> dict:
+    """The dry-run shapes (``trace_shapes``; stored in and reused from ``cache``, a run's cache file,
+    for the same backbone, versions and size); a failing forward names the provider."""
+    from .shapes import cached_shapes
     from .registry import PluginError
 
     try:
-        return trace_shapes(backbone, size)
+        return cached_shapes(backbone, size, cache, _label(spec))
     except Exception as exc:
         raise PluginError(f"backbone '{spec.id}' from {_label(spec)} fails a dry-run forward at {size}px "
                           f"({_one_line(exc)}): run 'scan backbones check {spec.id} --img-size {size}'") from exc
