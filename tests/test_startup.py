@@ -9,8 +9,9 @@ import sys
 HEAVY = ("torch", "timm", "sklearn", "datasets", "fvcore", "matplotlib")
 
 
-def _imported(args, env_extra=None):
-    """Run `python -X importtime -m scan_cli ARGS`; (exit code, stderr, set of top-level modules imported)."""
+def _imported(args, env_extra=None, full=False):
+    """Run `python -X importtime -m scan_cli ARGS`; (exit code, stderr, set of top-level modules imported,
+    or with ``full`` every module's dotted name)."""
     env = dict(os.environ, **(env_extra or {}))
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", *args], capture_output=True,
                          text=True, env=env, timeout=300)
@@ -19,7 +20,7 @@ def _imported(args, env_extra=None):
     for line in res.stderr.splitlines():
         if line.startswith("import time:"):
             name = line.rsplit("|", 1)[-1].strip()
-            modules.add(name.split(".")[0])
+            modules.add(name if full else name.split(".")[0])
         else:
             lines.append(line)
     return res.returncode, "\n".join(lines), modules
@@ -58,3 +59,22 @@ def test_errors_that_need_no_model_import_nothing_heavy(tmp_path):
         assert code == code_wanted, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), (args, err)
         assert not modules & {"torch", "timm", "sklearn"}, (args, sorted(modules & {"torch", "timm", "sklearn"}))
+
+
+def test_predicting_one_image_imports_no_compiler(trained_run, run_cli, tmp_path):
+    """Issue 21: `scan predict one.png --run RUN` builds the model without torch._dynamo (timm and
+    torchvision import it for nothing a forward uses) or fvcore (the MACs come from the run's cache),
+    and stores the build's dry-run shapes for the next call (tests/test_run_handle.py)."""
+    from conftest import copy_of, make_color_folder
+
+    run = copy_of(trained_run, tmp_path)
+    image = sorted(make_color_folder(tmp_path / "imgs", per_class=1).rglob("*.png"))[0]
+    code, _, err = run_cli("predict", str(image), "--run", str(run), "--json")
+    assert code == 0, err
+    assert (run / "cache" / "shapes-16.json").is_file()
+    code, err, modules = _imported(["predict", str(image), "--run", str(run), "--json"], full=True)
+    assert code == 0, err
+    assert "torch" in modules and "timm" in modules
+    unneeded = {m for m in modules if m.split(".")[0] in ("fvcore", "sklearn", "datasets", "matplotlib")
+                or m.startswith("torch._dynamo") or m == "torch._inductor"}
+    assert not unneeded, sorted(unneeded)

@@ -23,9 +23,12 @@ ARCHS = {
 
 def build_cifar_resnet(arch: str, num_classes=None, pretrained: bool = False, **kwargs):
     import torch.nn as nn
-    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+    from .heavy import load_timm
     from .timm_families import adapter_class
+
+    load_timm()  # without torch._dynamo
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
     if pretrained:
         raise ScanError(f"{arch} has no pretrained weights: drop --pretrained or pass --weights FILE")

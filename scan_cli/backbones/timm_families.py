@@ -107,6 +107,9 @@ def _adapter_class():
 
         @property
         def data_config(self) -> dict:
+            from .heavy import load_timm
+
+            load_timm()
             import timm.data
 
             cfg = timm.data.resolve_model_data_config(self.model)
@@ -183,7 +186,9 @@ def wrap_timm_model(model):
 
 def build_timm(model_id: str, num_classes=None, pretrained: bool = False, **kwargs):
     """Create ``model_id`` with timm and wrap it for staged execution."""
-    import timm
+    from .heavy import load_timm
+
+    timm = load_timm()
 
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -215,7 +220,9 @@ def resolve(model_id: str):
     known = known_timm_models()
     if known is not None and model_id not in known:
         return None  # reported as unknown without importing timm (about 5 s)
-    import timm
+    from .heavy import load_timm
+
+    timm = load_timm()
 
     remember_timm_models(timm)
     if not timm.is_model(model_id):

@@ -302,6 +302,9 @@ def find_images(inputs: list[str]) -> list[Path]:
 
 
 def _default_transform(img):
+    from ..backbones.heavy import load_torchvision
+
+    load_torchvision()
     from torchvision.transforms.functional import pil_to_tensor
 
     return pil_to_tensor(img).float().div_(255.0)

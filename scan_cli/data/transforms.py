@@ -65,6 +65,9 @@ def _with_rgb(transform):
 
 
 def _interp(name: str):
+    from ..backbones.heavy import load_timm
+
+    load_timm()
     from timm.data.transforms import str_to_interp_mode
 
     if name in (None, "random"):
@@ -76,6 +79,9 @@ def eval_transform(data_config: dict | None, img_size: int | None = None):
     """Deterministic transform: (any PIL mode -> RGB,) resize the shorter side to H / crop_pct, center-crop to H x W,
     to tensor, normalize (timm's create_transform, is_training=False). crop_pct=1.0 means just
     resize (used for digits, where cropping 8x8 images makes no sense)."""
+    from ..backbones.heavy import load_timm
+
+    load_timm()
     from timm.data import create_transform
 
     cfg = effective_data_config(data_config, img_size)
@@ -103,6 +109,9 @@ def train_transform(data_config: dict | None, kind: str = "rrc", img_size: int |
     if kind == "none":
         return eval_transform(cfg)
     _, h, w = cfg["input_size"]
+    from ..backbones.heavy import load_timm
+
+    load_timm()  # without torch._dynamo (timm imports torchvision too)
     if kind == "rrc":
         from timm.data import create_transform
 
@@ -142,6 +151,9 @@ def batch_preprocessing(transform):
     (EnsureRGB, Resize, CenterCrop) ending at a fixed size, then ToTensor/MaybeToTensor, then at
     most a Normalize: the batch's uint8 pixels x then give exactly the transform's tensors as
     (x / 255 - mean) / std in float32 (`file_batches.to_model_input`). None for anything else."""
+    from ..backbones.heavy import load_torchvision
+
+    load_torchvision()
     from torchvision import transforms as T
 
     steps = getattr(transform, "transforms", None)

@@ -302,9 +302,9 @@ def _build_model(spec, recipe, classes, head, img_size, opts):
 
 def _pretrained_classes(model_id: str):
     try:
-        import timm
+        from ..backbones.heavy import load_timm
 
-        cfg = timm.models.get_pretrained_cfg(model_id)
+        cfg = load_timm().models.get_pretrained_cfg(model_id)
         return getattr(cfg, "num_classes", None) if cfg else None
     except Exception:
         return None
@@ -316,10 +316,11 @@ def _check_hub_reachable(model_id: str) -> None:
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         try:
-            import timm
             from huggingface_hub import try_to_load_from_cache
 
-            cfg = timm.models.get_pretrained_cfg(model_id)
+            from ..backbones.heavy import load_timm
+
+            cfg = load_timm().models.get_pretrained_cfg(model_id)
             if cfg is None:  # not a timm id: its provider builds it and gives its own error (issue 12)
                 return
             hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
