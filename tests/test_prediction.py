@@ -491,10 +491,17 @@ def test_batch_preprocessing_only_splits_what_it_can_reproduce():
     assert batch_preprocessing(lambda img: img) is None
 
 
-@pytest.mark.parametrize("workers, channels_last", [(0, True), (0, False), (2, True)])
-def test_predictions_are_those_of_the_per_image_path(loaded, images, tmp_path, workers, channels_last):
+@pytest.mark.parametrize("workers, channels_last, steps", [(0, True, "transform"), (0, False, "transform"),
+                                                           (2, True, "transform"), (0, True, "data config"),
+                                                           (2, False, "data config")])
+def test_predictions_are_those_of_the_per_image_path(loaded, images, tmp_path, workers, channels_last, steps):
     """The uint8 path gives the answers (labels, exits, confidences: equal, not close) that the
-    per-image float path gave before it, bad files included."""
+    per-image float path gave before it, bad files included; with its steps split from the eval
+    transform, or worked out from the run's data config without timm or torchvision (what `scan
+    predict` does, issue 21)."""
+    from scan_cli.inference.file_batches import BatchSteps
+    from scan_cli.inference.torch_engine import run_steps
+
     model, info, transform = loaded
     make_bad_files(tmp_path / "bad")
     paths = list(images[:5]) + sorted((tmp_path / "bad").iterdir()) + list(images[5:])
@@ -504,6 +511,9 @@ def test_predictions_are_those_of_the_per_image_path(loaded, images, tmp_path, w
     per_image = (model, info, lambda img: transform(img))  # not splittable: the DataLoader over ImageFiles
     kw = dict(batch_size=6, workers=workers, channels_last=channels_last)
     before = _predict(per_image, paths, thresholds, **kw)
+    if steps == "data config":
+        loaded = (model, info, run_steps(info.data_config, info.input_size))
+        assert isinstance(loaded[2], BatchSteps)
     after = _predict(loaded, paths, thresholds, **kw)
     rows = lambda r: [(p.path, p.class_index, p.exit_index, p.confidence, p.score) for p in r.predictions]  # noqa: E731
     assert rows(after) == rows(before) and len(rows(after)) == len(images)

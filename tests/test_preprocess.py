@@ -50,6 +50,42 @@ def reference(paths, transform):
     return [(i, t.numpy() if t is not None else None, e) for i, t, e in items]
 
 
+DESCRIBED = CONFIGS + [
+    (28, {"input_size": [3, 28, 28], "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
+          "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}),  # a CIFAR run's
+    (224, {}),  # the defaults: ImageNet mean/std, crop_pct 0.875
+    (33, {"crop_pct": 0.9, "interpolation": "random", "crop_mode": "squash"}),
+    (64, {"crop_pct": 0.875, "interpolation": "lanczos", "mean": [0.1, 0.2, 0.30000001]}),
+    (17, {"crop_pct": 1.0, "interpolation": "hamming", "crop_mode": None, "std": [1 / 3, 0.2, 0.7]}),
+]
+
+
+@pytest.mark.parametrize("size,config", DESCRIBED)
+def test_the_eval_transform_is_worked_out_from_the_data_config_without_building_it(size, config):
+    """`scan predict` on a run preprocesses from its data config (no timm, no torchvision: issue 21):
+    the description is the built transform's, and the float32 mean and std are its Normalize's."""
+    from scan_cli.data import eval_transform
+    from scan_cli.data.transforms import eval_preprocessing
+    from scan_cli.inference.export import describe_transform
+    from scan_cli.inference.file_batches import steps_of
+    from scan_cli.inference.torch_engine import run_steps
+
+    transform = eval_transform(config, size)
+    assert eval_preprocessing(config, size) == describe_transform(transform)
+    mine, built = run_steps(config, size), steps_of(transform)
+    assert mine.size == built.size and mine.draft == built.draft
+    for a, b in ((mine.mean, built.mean), (mine.std, built.std)):
+        assert torch.equal(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("config", [{"crop_mode": "border"}, {"interpolation": "nearest-exact"}])
+def test_what_the_data_config_alone_cannot_say_is_left_to_the_transform(config):
+    from scan_cli.data.transforms import eval_preprocessing
+    from scan_cli.inference.torch_engine import run_steps
+
+    assert eval_preprocessing(config, 32) is None and run_steps(config, 32) is None
+
+
 @pytest.mark.parametrize("size,config", CONFIGS, ids=[f"{s}-{c.get('crop_mode', 'center')}-{c['interpolation']}"
                                                        for s, c in CONFIGS])
 def test_numpy_preprocessing_is_the_eval_transform_bit_for_bit(files, size, config):

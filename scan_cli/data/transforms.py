@@ -96,6 +96,44 @@ def eval_transform(data_config: dict | None, img_size: int | None = None):
     ))
 
 
+# what timm's eval transform does with these (timm.data: DEFAULT_CROP_PCT, the crop modes we can describe)
+TIMM_DEFAULT_CROP_PCT = 0.875
+PIL_INTERPOLATIONS = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+
+
+def eval_preprocessing(data_config: dict | None, img_size: int | None = None) -> dict | None:
+    """``eval_transform`` as plain data (the export manifest's ``input.preprocessing``, the format of
+    ``inference.export.describe_transform``), worked out from the data config the way timm's eval
+    transform builds its steps, without importing timm or torchvision: RGB, resize (the shorter side
+    to ``floor(H / crop_pct)``; ``squash``: both sides), center crop to H x W, /255, normalize.
+    None where only timm's own transform can say (other crop modes, a non-square resize, an
+    interpolation Pillow has no filter for). tests/test_preprocess.py checks it against
+    ``describe_transform(eval_transform(...))``."""
+    import math
+
+    cfg = effective_data_config(data_config, img_size)
+    _, h, w = cfg["input_size"]
+    crop_pct = cfg.get("crop_pct") or TIMM_DEFAULT_CROP_PCT
+    interpolation = cfg["interpolation"] if cfg["interpolation"] != "random" else "bilinear"
+    mode = cfg.get("crop_mode") or "center"
+    if interpolation not in PIL_INTERPOLATIONS:
+        return None
+    scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+    out: dict = {"color": "RGB"}
+    if mode == "squash":
+        out["resize"] = [scale[0], scale[1]]
+    elif mode == "center" and scale[0] == scale[1]:
+        out["resize_shorter_side"] = scale[0]
+    else:
+        return None
+    import numpy as np
+
+    out.update(interpolation=interpolation, center_crop=[h, w], divide_by=255,
+               mean=[float(f"{float(np.float32(v)):.7g}") for v in cfg["mean"]],
+               std=[float(f"{float(np.float32(v)):.7g}") for v in cfg["std"]])
+    return out
+
+
 def train_transform(data_config: dict | None, kind: str = "rrc", img_size: int | None = None, hflip: bool = True):
     """Training transform.
 

@@ -1,7 +1,9 @@
 """Image files -> batches for `scan predict`, decoded ahead of the model and assembled without copies.
 
 When the eval transform is PIL steps that end at a fixed size followed by to-tensor and normalize
-(`data.transforms.batch_preprocessing`; the run's own eval transform always is), each file is
+(`data.transforms.batch_preprocessing`; the run's own eval transform always is, and
+`torch_engine.run_steps` works its steps out from the run's data config without building it, i.e.
+without timm or torchvision, as `inference/preprocess.py` does for exports), each file is
 decoded (JPEG draft mode for big photos, `images.open_rgb`), resized and cropped in PIL, and its
 uint8 pixels are written straight into their row of a preallocated uint8 batch laid out
 [N, H, W, 3] (pinned when the model is on CUDA). The batch goes to the device as uint8 (a quarter
@@ -22,6 +24,27 @@ image, stacked). Every failure is an error row, never an exception. torch is imp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+
+class BatchSteps(NamedTuple):
+    """What the uint8 path runs: ``pil`` (an RGB PIL image -> the (H, W) = ``size`` image), then
+    ``(x / 255 - mean) / std`` on the device; ``draft``: the JPEG draft size (None: full decode)."""
+
+    pil: Callable
+    size: tuple
+    mean: tuple
+    std: tuple
+    draft: Optional[tuple] = None
+
+
+def steps_of(transform) -> Optional[BatchSteps]:
+    """``transform`` split for the uint8 path (``data.transforms.batch_preprocessing``), or None."""
+    from ..data.images import draft_size
+    from ..data.transforms import batch_preprocessing
+
+    split = batch_preprocessing(transform)
+    return BatchSteps(*split, draft=draft_size(transform)) if split is not None else None
 
 
 class ImageArrays:

@@ -1,8 +1,9 @@
 """Early-exit prediction on image files: what `scan predict` runs.
 
 The images go through the run's own eval preprocessing, in batches decoded ahead of the model and
-assembled as uint8 without copies, normalised on the device once per batch (``file_batches``; any
-other transform: a DataLoader over ``images.ImageFiles``); each batch goes through
+assembled as uint8 without copies, normalised on the device once per batch (``file_batches``; the
+steps worked out from the run's data config without timm or torchvision, ``run_steps``;
+any other transform: a DataLoader over ``images.ImageFiles``); each batch goes through
 ``ScanModel.early_exit``, which drops an image from the batch as soon as an exit fires, so the
 rest of the network is really skipped for it. Files that cannot be decoded become entries of
 ``errors``; they never stop a run.
@@ -24,6 +25,7 @@ from ..errors import UsageError
 from ..policy import Calibration, ExitPolicy, parse_thresholds
 from ..progress import track
 from ..runs import Run
+from .file_batches import BatchSteps
 from .plan import check_flags, exit_policy, workers_for
 from .report import PredictionReport, add_predictions, build_report
 
@@ -34,15 +36,15 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
                   top_k: int = 1, progress: bool = True, channels_last: bool = False,
                   compare_plain: bool = False) -> PredictionReport:
     """Early-exit predictions for image files. ``costs[k]`` is the cumulative MACs of exit k.
+    ``transform``: the eval transform, or its ``file_batches.BatchSteps`` (``run_steps``).
     ``channels_last`` converts the model (in place) and each batch to the NHWC layout.
     ``compare_plain`` keeps the decoded batches and times the cascade against the plain backbone on
     them afterwards (model only, interleaved): the realised speed-up of this very call."""
     import torch
     from torch.utils.data import DataLoader
 
-    from ..data.images import ImageFiles, collate_images, draft_size
-    from ..data.transforms import batch_preprocessing
-    from .file_batches import to_model_input, uint8_batches
+    from ..data.images import ImageFiles, collate_images
+    from .file_batches import steps_of, to_model_input, uint8_batches
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a positive number")
@@ -58,13 +60,12 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     pin = device.type == "cuda"
-    split = batch_preprocessing(transform)
-    if split is not None:  # uint8 batches decoded ahead, normalised on the device once per batch
-        pil_steps, size, mean, std = split
-        loader = uint8_batches(paths, pil_steps, size, batch_size=batch_size, workers=workers, pin=pin,
-                               draft=draft_size(transform))
-        mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    steps = transform if isinstance(transform, BatchSteps) else steps_of(transform)
+    if steps is not None:  # uint8 batches decoded ahead, normalised on the device once per batch
+        loader = uint8_batches(paths, steps.pil, steps.size, batch_size=batch_size, workers=workers, pin=pin,
+                               draft=steps.draft)
+        mean = torch.as_tensor(steps.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.as_tensor(steps.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         prepare = lambda images: to_model_input(images, mean, std, device, layout)  # noqa: E731
     else:
         loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -109,6 +110,21 @@ def predict_paths(model, paths: list, transform, policy: ExitPolicy, *, classes:
     return report
 
 
+def run_steps(data_config: dict, input_size: int) -> Optional[BatchSteps]:
+    """A run's eval transform for the uint8 path from its data config alone, without timm or
+    torchvision (``data.transforms.eval_preprocessing`` + ``preprocess.Preprocessing``: bit for bit
+    the transform's tensors); None where only the transform itself can say."""
+    from ..data.transforms import effective_data_config, eval_preprocessing
+    from .preprocess import Preprocessing
+
+    description = eval_preprocessing(data_config, input_size)
+    if description is None:
+        return None
+    pre = Preprocessing(description)
+    cfg = effective_data_config(data_config, input_size)  # mean and std as the config has them, not rounded
+    return BatchSteps(pre.pil, pre.size, cfg["mean"], cfg["std"], pre.draft)
+
+
 # -- the whole command -----------------------------------------------------------------------------
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
@@ -122,7 +138,6 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     loaded once, also when ``--target-acc`` calibrates first."""
     from ..calibration.drift import check_predictions
     from ..calibration.run import calibrate_run
-    from ..data import eval_transform
     from ..data.images import find_images, max_image_pixels
     from ..profiling import cascade_costs
 
@@ -140,7 +155,11 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
                          thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                          recalibrate=recalibrate)
     model, info = handle.load(dev)
-    transform = eval_transform(info.data_config, info.input_size)
+    transform = run_steps(info.data_config, info.input_size)  # no timm or torchvision for the images
+    if transform is None:
+        from ..data import eval_transform
+
+        transform = eval_transform(info.data_config, info.input_size)
     costs = cascade_costs(model, info.input_size, cache_dir=handle.cache_dir)
     report = predict_paths(model, paths, transform, policy, classes=info.classes, costs=policy.costs(costs),
                            backbone_macs=float(costs.backbone_macs), batch_size=batch_size,
