@@ -2,6 +2,7 @@
 timm or scikit-learn, and errors that need no model are reported before any of them is imported.
 (Speed itself is measured in bench/, never asserted here: these tests check what gets imported.)"""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +10,8 @@ import sys
 HEAVY = ("torch", "timm", "sklearn", "datasets", "fvcore", "matplotlib")
 
 
-def _imported(args, env_extra=None, full=False):
-    """Run `python -X importtime -m scan_cli ARGS`; (exit code, stderr, set of top-level modules imported,
-    or with ``full`` every module's dotted name)."""
+def _imported(args, env_extra=None):
+    """Run `python -X importtime -m scan_cli ARGS`; (exit code, stderr, set of top-level modules imported)."""
     env = dict(os.environ, **(env_extra or {}))
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "scan_cli", *args], capture_output=True,
                          text=True, env=env, timeout=300)
@@ -20,7 +20,7 @@ def _imported(args, env_extra=None, full=False):
     for line in res.stderr.splitlines():
         if line.startswith("import time:"):
             name = line.rsplit("|", 1)[-1].strip()
-            modules.add(name if full else name.split(".")[0])
+            modules.add(name.split(".")[0])
         else:
             lines.append(line)
     return res.returncode, "\n".join(lines), modules
@@ -61,10 +61,11 @@ def test_errors_that_need_no_model_import_nothing_heavy(tmp_path):
         assert not modules & {"torch", "timm", "sklearn"}, (args, sorted(modules & {"torch", "timm", "sklearn"}))
 
 
-def test_predicting_one_image_imports_no_compiler(trained_run, run_cli, tmp_path):
-    """Issue 21: `scan predict one.png --run RUN` builds the model without torch._dynamo (timm and
-    torchvision import it for nothing a forward uses) or fvcore (the MACs come from the run's cache),
-    and stores the build's dry-run shapes for the next call (tests/test_run_handle.py)."""
+def test_predicting_one_image_imports_only_what_it_needs(trained_run, run_cli, tmp_path):
+    """Issue 21: `scan predict one.png --run RUN` on a CIFAR run builds the model and preprocesses the
+    image without timm, torchvision (tests/test_cifar_resnet.py, tests/test_preprocess.py) or
+    torch._dynamo, without fvcore (the MACs come from the run's cache), and stores the build's
+    dry-run shapes for the next call (tests/test_run_handle.py)."""
     from conftest import copy_of, make_color_folder
 
     run = copy_of(trained_run, tmp_path)
@@ -72,9 +73,20 @@ def test_predicting_one_image_imports_no_compiler(trained_run, run_cli, tmp_path
     code, _, err = run_cli("predict", str(image), "--run", str(run), "--json")
     assert code == 0, err
     assert (run / "cache" / "shapes-16.json").is_file()
-    code, err, modules = _imported(["predict", str(image), "--run", str(run), "--json"], full=True)
-    assert code == 0, err
-    assert "torch" in modules and "timm" in modules
-    unneeded = {m for m in modules if m.split(".")[0] in ("fvcore", "sklearn", "datasets", "matplotlib")
+    modules = _modules_after(["predict", str(image), "--run", str(run), "--json"], tmp_path / "modules.json")
+    assert "torch" in modules and "scan_cli.backbones.cifar" in modules and "scan_cli.model" in modules
+    unneeded = {m for m in modules if m.split(".")[0] in ("timm", "torchvision", "fvcore", "sklearn", "datasets",
+                                                          "matplotlib", "huggingface_hub")
                 or m.startswith("torch._dynamo") or m == "torch._inductor"}
     assert not unneeded, sorted(unneeded)
+
+
+def _modules_after(args, out):
+    """Every module in sys.modules after `scan ARGS` ran in a fresh process (also those imported while
+    stderr was redirected, which -X importtime cannot see)."""
+    code = ("import json, sys\nfrom scan_cli.cli import main\ntry:\n    main(sys.argv[2:])\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "open(sys.argv[1], 'w').write(json.dumps(sorted(sys.modules)))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(out), *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return set(json.loads(out.read_text()))

@@ -1,8 +1,9 @@
 """Shapes from a dry-run forward: feature_info is not trusted (plugins swap stems, ViTs use tokens).
 
 ``cached_shapes`` keeps a dry run's result in a run's ``cache/`` keyed by what it depends on (the
-backbone's module tree and tensor shapes, torch, timm, the provider and its version, the input size):
-loading the run again builds the same backbone and reuses it instead of running one more forward."""
+backbone's module tree and tensor shapes, the versions of the packages its classes come from, the
+provider and its version, the input size): loading the run again builds the same backbone and
+reuses it instead of running one more forward."""
 
 from __future__ import annotations
 
@@ -52,16 +53,14 @@ def derive_split_points(staged, input_size: int, modules=None, device="cpu") -> 
 
 def shapes_key(staged, input_size: int, provider: str) -> str:
     """What a dry run's shapes depend on: the module tree (its repr: layers, strides, paddings), every
-    tensor's name and shape, the input size, and the code's versions (torch, timm, scan, the provider)."""
-    import torch
-
-    from .. import __version__
-
+    tensor's name and shape, the input size, the provider and its version, and the versions of the
+    packages whose classes make up the backbone (torch, timm, scan, a plugin's)."""
+    packages = sorted({type(m).__module__.split(".")[0] for m in staged.modules()} | {"torch"})
+    versions = [[name, str(getattr(sys.modules.get(name), "__version__", ""))] for name in packages]
     digest = hashlib.sha256(repr(staged).encode())
     for name, t in list(staged.named_parameters()) + list(staged.named_buffers()):
         digest.update(f"{name}:{tuple(t.shape)}".encode())
-    timm = getattr(sys.modules.get("timm"), "__version__", "")
-    digest.update(json.dumps([int(input_size), torch.__version__, timm, __version__, provider]).encode())
+    digest.update(json.dumps([int(input_size), provider, versions]).encode())
     return digest.hexdigest()[:16]
 
 
