@@ -76,3 +76,25 @@ def test_nothing_is_deferred_once_torch_dynamo_is_imported():
         from torch._dynamo.utils import is_compile_supported
         assert sys.modules["torchvision.ops.roi_align"].is_compile_supported is is_compile_supported
     """)
+
+
+def test_only_methods_are_decorated_on_use():
+    _python("""
+        import sys
+        import torch
+        from scan_cli.backbones.heavy import _dynamo_deferred
+
+        with _dynamo_deferred():
+            class Model(torch.nn.Module):
+                @torch.compiler.disable
+                def forward(self, x):
+                    return x + 1
+            assert "torch._dynamo" not in sys.modules  # a method: deferred
+
+            def plain(x):
+                return x
+            wrapped = torch.compiler.disable(plain)  # a plain function: decorated now, for real
+            assert "torch._dynamo" in sys.modules and getattr(wrapped, "_torchdynamo_disable", False)
+        assert Model().forward(torch.ones(1)).item() == 2.0
+        assert getattr(Model.forward, "_torchdynamo_disable", False) is True
+    """)

@@ -92,7 +92,8 @@ def _disable_on_use(real_disable):
 
     @functools.wraps(real_disable)
     def disable(fn=None, *args, **kwargs):
-        if fn is None or not isinstance(fn, types.FunctionType):  # a decorator factory, a class, a module
+        method = isinstance(fn, types.FunctionType) and "." in fn.__qualname__ and "<locals>" not in fn.__qualname__
+        if not method:  # a decorator factory, a class, a module, a plain function: decorated now
             return real_disable(fn, *args, **kwargs)
         return _DisabledOnUse(real_disable, fn, args, kwargs)
 
@@ -100,7 +101,8 @@ def _disable_on_use(real_disable):
 
 
 class _DisabledOnUse:
-    """A method whose ``torch.compiler.disable`` wrapper is made on first lookup (or call)."""
+    """A method (defined in a class body) whose ``torch.compiler.disable`` wrapper is made the first
+    time it is looked up on its class or an instance, which every call, inspection or trace does."""
 
     def __init__(self, real_disable, fn, args, kwargs):
         functools.update_wrapper(self, fn)
