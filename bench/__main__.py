@@ -12,7 +12,9 @@ Benchmarks (in order): startup, calibration (threshold search), quality (trainin
 it also trains the Fashion-MNIST run the next ones use), predict (early exit vs the plain timm model:
 model only and from files, per-exit time vs MACs, `--thresholds none`), latency (per-exit time at
 batch 1 and 64 on resnet50 and resnet18_cifar), onnx (ONNX Runtime cascade vs ORT plain vs the
-PyTorch engine), train (training throughput).
+PyTorch engine), int8 (`--quantize int8` pieces vs float32 on resnet50; on the Fashion-MNIST run the
+int8 vs float32 cascade's test accuracy and promises, and the ONNX engine from files at batch 64),
+train (training throughput).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["startup", "calibration", "quality", "promise", "predict", "latency", "onnx", "train"]
+ORDER = ["startup", "calibration", "quality", "promise", "predict", "latency", "onnx", "int8", "train"]
 
 
 def machine() -> dict:
@@ -123,6 +125,10 @@ def commands(name: str, quick: bool, work: Path, out: Path) -> list | None:
         if run is None:
             return args
         return args + ["--run", str(run)] + (["--run-mix", "0.4,0.3,0.2,0.1"] if name == "predict" else [])
+    if name == "int8":  # issue 21: int8 pieces on resnet50; accuracy and from-files timing on the Fashion-MNIST run
+        run = fashion_run(work, quick)
+        args = [py, str(HERE / "bench_int8.py"), "--out", str(out), *q]
+        return args + ([] if run is None else ["--run", str(run)])
     if name == "latency":
         return [py, str(HERE / "bench_latency.py"), "--out", str(out), *q]
     if name == "train":

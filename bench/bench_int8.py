@@ -1,6 +1,8 @@
 """Benchmark: int8 pieces (`scan export --quantize int8`) vs float32 pieces on ONNX Runtime.
 
     python bench/bench_int8.py [--images N] [--repeats N] [--out FILE]
+    python bench/bench_int8.py --run DIR [--max-drops 0.01,0.005] [--no-resnet50] [--out FILE]
+    python -m bench --only int8 [--quick]  (the entry point: the Fashion-MNIST run as --run)
 
 resnet50 at 224 px with random weights (slim heads, classifiers spread over random normal images as
 in bench_onnx.py), exported as `scan export` writes it (plus plain.onnx), every piece and plain.onnx
@@ -11,6 +13,21 @@ it). Timed at batch 64, decoding-free, best of --repeats interleaved passes:
 * each piece on every image, float32 vs int8 (goal: int8 >= 1.8x faster), and plain.onnx;
 * the int8 cascade (thresholds placed on the int8 exits' own scores so 40/30/20/10 % leave at exits
   1..4) vs the float32 plain model (goal >= 3.5x realised), next to the float32 cascade at the same mix.
+
+With ``--run DIR`` (a trained run with a test split), issue 21's numbers on it, each ``--max-drop``
+on a copy of the run calibrated for it:
+
+* accuracy: the float32 cascade (`scan calibrate --max-drop`, run as the float export) and the int8
+  cascade (`scan export --quantize int8`, thresholds searched on its own validation outputs) on the
+  test split: goal int8 within 0.5 point of float32; and whether each promise (`target.promise`,
+  what `scan calibrate` states) held on the test images;
+* the ONNX engine from files at batch 64 (the first ``--max-drop``): `onnx_engine.predict_paths`
+  (what `scan predict FOLDER --run EXPORT --batch-size 64` runs: decoding one batch ahead,
+  preprocessing from the manifest, early exit, the report) vs the plain model (plain.onnx, float32
+  and int8) through the same input pipeline, interleaved; realised = plain time / cascade time,
+  counted = plain MACs / the cascade's average MACs on those images (bench_onnx's definitions);
+  goal realised >= 85 % of counted. Also the whole `scan predict` process (start-up included) next
+  to a process running plain.onnx the same way.
 """
 
 from __future__ import annotations
@@ -66,12 +83,8 @@ def mix_thresholds(exit_logits: list, shares=SHARES) -> list:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+def resnet50(args) -> dict:
+    """The random-weight resnet50 case: per-piece and cascade timings, float32 vs int8."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -143,8 +156,7 @@ def main() -> None:
            "shares_f32": shares(flt, t_f).tolist(), "counted_speedup": counted,
            "top1_agreement_f32_int8_per_exit": agree, "seconds": time.perf_counter() - t_all}
     print(json.dumps(doc, indent=2))
-    if args.out:
-        args.out.write_text(markdown(doc))
+    return doc
 
 
 def markdown(doc: dict) -> str:
@@ -171,5 +183,37 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128, help="resnet50: random images (default 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved passes (default 3)")
+    parser.add_argument("--run", type=Path, default=None, help="a trained run with a test split (e.g. the Fashion-MNIST run)")
+    parser.add_argument("--max-drops", default="0.01,0.005", help="--run: the --max-drop targets compared (default 0.01,0.005)")
+    parser.add_argument("--no-resnet50", action="store_true", help="skip the random-weight resnet50 case")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 images, one pass, one --max-drop")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown section here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = 64, 1
+        args.max_drops = args.max_drops.split(",")[0]
+    if args.run is None and args.no_resnet50:
+        parser.error("nothing to benchmark: give --run or drop --no-resnet50")
+    sections = []
+    if args.run is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from int8_run import markdown as run_markdown
+        from int8_run import run_case
+
+        drops = [float(v) for v in args.max_drops.split(",") if v.strip()]
+        sections.append(run_markdown(run_case(args.run, drops, BATCH, args.repeats if not args.quick else 1)))
+    if not args.no_resnet50:
+        sections.append(markdown(resnet50(args)))
+    if args.quick:
+        sections.insert(0, "**--quick: a smoke run, not results**\n")
+    if args.out:
+        args.out.write_text("\n".join(sections))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

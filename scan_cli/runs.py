@@ -210,7 +210,10 @@ class Run:
         return self.cache_dir / f"macs-{self.fingerprint}-{int(input_size)}.json"
 
     def onnx_cache(self, heads: Optional[list], precision: str = "float32") -> Path:
-        if precision != "float32":  # an int8 export keeps every head (its thresholds are searched again)
-            return self.cache_dir / f"onnx-{self.fingerprint}-{precision}"
+        """The run's cached ONNX export with these shallow heads (one bool each). int8: ``heads`` None is
+        the quantized source with every head (``inference/quantize.py``), else a copy with only ``heads``."""
+        base = f"onnx-{self.fingerprint}" if precision == "float32" else f"onnx-{self.fingerprint}-{precision}"
+        if heads is None and precision != "float32":
+            return self.cache_dir / base
         tag = "".join("1" if h else "0" for h in heads)
-        return self.cache_dir / f"onnx-{self.fingerprint}-{tag}"
+        return self.cache_dir / f"{base}-{tag}"

@@ -23,7 +23,9 @@ loop. Every graph passes the ONNX checker and is compared with PyTorch before th
 --quantize int8 (default --out RUN/onnx-int8) quantizes every piece (ONNX Runtime static
 quantization: QDQ, per-channel int8 weights, activation ranges from the run's validation images)
 and searches the thresholds again on the int8 pieces' own validation outputs, for the run's
-calibration target; it prints per exit the float32 vs int8 validation accuracy.
+calibration target or for --target-acc (the same search and promise as 'scan calibrate'); it prints
+per exit the float32 vs int8 validation accuracy. As above, exits that never fire under the int8
+thresholds are exported without their head unless --all-exits is given.
 
 Run the export with `scan predict --run OUT` (ONNX Runtime), or with the loop in the README's
 "Deploying" section (onnxruntime + numpy + Pillow only). Needs the extras: pip install 'scan-cli[onnx]'."""
@@ -36,7 +38,8 @@ def export_command(
     all_exits: bool = typer.Option(False, "--all-exits", help="Keep the heads of exits that never fire (to use other thresholds later)."),
     plain: bool = typer.Option(False, "--plain", help="Also write plain.onnx: the backbone alone, for comparisons."),
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or newer)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: static int8 quantization of every piece (QDQ, per-channel weights, ranges from validation images), thresholds searched again on the int8 outputs for the run's calibration target."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: static int8 quantization of every piece (QDQ, per-channel weights, ranges from validation images), thresholds searched again on the int8 outputs for the run's calibration target or --target-acc."),
+    target_acc: Optional[float] = typer.Option(None, "--target-acc", help="With --quantize int8: search the int8 thresholds for this accuracy on new data (fraction, e.g. 0.9) instead of the run's calibration target."),
     as_json: bool = JSON,
 ):
     from ..inference.export import FORMATS, export_run
@@ -51,13 +54,16 @@ def export_command(
             raise UsageError("--quantize int8 writes the pieces only: drop --format onnx-full and --plain")
         from ..inference.quantize import quantize_export
 
-        manifest, folder = quantize_export(run, out, log=info)
+        manifest, folder = quantize_export(run, out, target_acc=target_acc, all_exits=all_exits, log=info)
         if as_json:
             print_json(manifest)
         for line in quantization_lines(manifest):
             info(line)
         info(f"wrote {len(manifest['pieces'])} int8 piece(s) and manifest.json to {folder}")
         return
+    if target_acc is not None:
+        raise UsageError("--target-acc searches the int8 thresholds (with --quantize int8); a float export uses the "
+                         "run's calibration: run 'scan calibrate --target-acc' first")
     manifest, folder = export_run(run, out, fmt=fmt, all_exits=all_exits, plain=plain, opset=opset, log=info)
     if as_json:
         print_json(manifest)
@@ -75,10 +81,18 @@ def quantization_lines(manifest: dict) -> list:
     lines = [f"exit {e['exit']}/{K}: validation accuracy float32 {e['float_val_accuracy']:.4f}, int8 "
              f"{e['int8_val_accuracy']:.4f} (max logit change {e['max_abs_logit_diff']:.3g})" for e in q["exits"]]
     op = q["operating_point"]
-    lines.append(f"int8 thresholds {', '.join(fmt(t) for t in manifest['thresholds'][:-1])} (float32: "
-                 f"{', '.join(fmt(t) for t in q['float_thresholds'])}), searched again on the int8 outputs for "
+    floats = q.get("float_thresholds")
+    floats = f" (float32: {', '.join(fmt(t) for t in floats)})" if floats else " (the run is not calibrated)"
+    lines.append(f"int8 thresholds {', '.join(fmt(t) for t in manifest['thresholds'][:-1])}{floats}, searched again on the int8 outputs for "
                  f"{', '.join(f'{k} {v}' for k, v in q['settings'].items() if v is not None)}: validation accuracy "
                  f"{op['val_accuracy']:.4f}, counted speed-up {op['speedup']:.2f}x")
+    promise = (op.get("target") or {}).get("promise")
+    if promise:
+        lines.append(f"promise: {promise['statement']}")
+    dropped = [p["exit"] for p in manifest["pieces"][:-1] if p["logits"] is None]
+    if dropped:
+        lines.append(f"exit{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))} never fire{'s' if len(dropped) == 1 else ''} "
+                     "under the int8 thresholds: exported without the head (--all-exits keeps every head)")
     return lines
 
 

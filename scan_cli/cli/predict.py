@@ -27,7 +27,9 @@ goes to stderr.
 
 --engine onnxruntime runs the same early exit on ONNX Runtime (CPU), from a `scan export` of the
 run (made once and cached in the run's cache/) or from an export folder given as --run (which needs
-neither torch nor timm); --quantize int8 runs the run's int8 export, thresholds searched again on it.
+neither torch nor timm); --quantize int8 runs the run's int8 export (made once and cached), its
+thresholds searched on the int8 pieces' own validation outputs, for the run's target or --target-acc,
+and only the exit heads they use.
 
 Drift check (--drift on, the default): the images are compared with what calibration saw (exit
 shares and answering scores; two-sample tests, false-alarm rate 1 % on images like the validation
@@ -56,7 +58,7 @@ def predict_command(
     csv_path: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write the predictions (and errors) to this CSV file."),
     compare_plain: bool = typer.Option(False, "--compare-plain", help="Also time the plain backbone on this call's decoded images (model only) and report the realised speed-up next to the counted one."),
     engine: Optional[str] = typer.Option(None, "--engine", help="torch (default) or onnxruntime (runs a 'scan export' of the run; an export folder as --run implies it)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 (with --engine onnxruntime and a training run): run the int8 export of the run, quantized and recalibrated once and cached in its cache/ ('scan export --quantize int8')."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 (with --engine onnxruntime and a training run): run the int8 export of the run (quantized once and cached in its cache/), thresholds searched on its own validation outputs for the run's target or --target-acc."),
     drift: str = typer.Option("on", "--drift", help="on: compare these images with what calibration saw and warn when they differ (false-alarm rate 1 %); off: skip it (e.g. for tiny batches)."),
 ):
     from ..inference import onnx_engine, torch_engine
@@ -74,19 +76,16 @@ def predict_command(
         raise UsageError(f"--drift '{drift}': use on or off")
     if csv_path is not None and csv_path.is_dir():  # found now, not after every image ran
         raise UsageError(f"--csv {csv_path} is a folder: give a file name, e.g. --csv {csv_path / 'predictions.csv'}")
-    predict = onnx_engine.predict if use_onnx else torch_engine.predict
-    run_folder = None
-    if quantize is not None:  # the run's int8 export, quantized and recalibrated once, runs like any export
+    extra = {"compare_plain": True} if compare_plain else {}
+    if quantize is not None:  # the run's int8 export, quantized once, thresholds searched on its outputs
         from ..inference.quantize import check_precision, int8_source
 
         if check_precision(quantize):
-            folder, handle = int8_source(run, target_acc, log=info)
-            run, run_folder = str(folder), str(handle.folder)
+            extra["source"] = lambda *args: int8_source(run, *args)
+    predict = onnx_engine.predict if use_onnx else torch_engine.predict
     report = predict(inputs, run=run, thresholds=thresholds, target_acc=target_acc, score=score, fallback=fallback,
                      batch_size=batch_size, workers=workers, device=device, top_k=top_k, drift=drift == "on",
-                     channels_last=channels_last, **({"compare_plain": True} if compare_plain else {}))
-    if run_folder is not None:
-        report.summary["run"] = run_folder
+                     channels_last=channels_last, **extra)
     report.summary.setdefault("engine", "torch")
     if as_json:
         print_json(report.to_dict())

@@ -199,29 +199,30 @@ def cached_export(run: Run, heads: list, log=None, *, damaged: Optional[str] = N
     return folder
 
 
-def _load_cascade(folder: Path, run: Optional[Run], heads: list, threads, log) -> "Cascade":
-    """The cascade; a cached export that cannot be loaded is rebuilt once (an export folder given as
-    --run is the user's: its error is reported as it is)."""
+def _load_cascade(folder: Path, rebuild, threads) -> "Cascade":
+    """The cascade; a cached export that cannot be loaded is made again once by ``rebuild(why)`` (an
+    export folder given as --run is the user's: there is no ``rebuild``, its error is reported as it is)."""
     try:
         return Cascade(folder, threads=threads)
     except ScanError as exc:
-        if run is None:
+        if rebuild is None:
             raise
-        return Cascade(cached_export(run, heads, log, damaged=str(exc)), threads=threads)
+        return Cascade(rebuild(str(exc)), threads=threads)
 
 
 def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
-    """(export folder, ExitPolicy, Run or None) for one call."""
+    """(export folder, ExitPolicy, Run or None, rebuild or None) for one call."""
     folder = export_folder(run)
     if folder is not None:
-        if target_acc is not None:
-            raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
-                             "as --run (with --engine onnxruntime), or give --thresholds")
         manifest = read_manifest(folder)
+        if target_acc is not None:
+            int8 = manifest.get("precision") == "int8"
+            raise UsageError("--target-acc calibrates on the training run's validation data: pass the training run "
+                             f"as --run (with --engine onnxruntime{' --quantize int8' if int8 else ''}), or give --thresholds")
         K = int(manifest["num_exits"])
         cal = Calibration.from_metadata(manifest, K) if manifest.get("calibrated") else None
         policy = exit_policy(cal, K, thresholds=thresholds, score=score, fallback=fallback)
-        return folder, policy, None
+        return folder, policy, None, None
     from ..calibration.run import calibrate_run
     from .export import require
 
@@ -231,15 +232,19 @@ def _source(run: Optional[str], thresholds, target_acc, score, fallback, log):
     recalibrate = lambda **settings: calibrate_run(handle, save=False, device="cpu", **settings)  # noqa: E731
     policy = exit_policy(Calibration.from_metadata(handle.info.calibration, K), K, thresholds=thresholds,
                          target_acc=target_acc, score=score, fallback=fallback, recalibrate=recalibrate)
-    return cached_export(handle, policy.heads(), log), policy, handle
+    heads = policy.heads()
+    return (cached_export(handle, heads, log), policy, handle,
+            lambda why: cached_export(handle, heads, log, damaged=why))
 
 
 def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str] = None,
             target_acc: Optional[float] = None, score: Optional[str] = None, fallback: Optional[str] = None,
             batch_size: int = 64, workers: Optional[int] = None, device: Optional[str] = None, top_k: int = 1,
             progress: bool = True, channels_last: Optional[str] = "auto", threads: Optional[int] = None,
-            log=None, drift: bool = True):
-    """`scan predict --engine onnxruntime`: the same report as ``predict_files.predict``."""
+            log=None, drift: bool = True, source=None):
+    """`scan predict --engine onnxruntime`: the same report as ``torch_engine.predict``. ``source``: a
+    callable (thresholds, target_acc, score, fallback, log) -> (export folder, ExitPolicy, Run, rebuild)
+    used instead of ``run``'s (``quantize.int8_source`` for --quantize int8)."""
     from ..data.images import find_images, max_image_pixels
 
     max_image_pixels()  # a bad SCAN_MAX_IMAGE_PIXELS is a usage error, as in the torch engine
@@ -253,8 +258,9 @@ def predict(inputs: list, *, run: Optional[str] = None, thresholds: Optional[str
     if (channels_last or "auto").lower() not in ("auto", "off"):
         raise UsageError("--channels-last is a torch engine setting: drop it with --engine onnxruntime")
     paths = find_images(list(inputs))
-    folder, policy, handle = _source(run, thresholds, target_acc, score, fallback, log or _log.info)
-    cascade = _load_cascade(folder, handle, policy.heads(), threads, log or _log.info)
+    folder, policy, handle, rebuild = (source or (lambda *a: _source(run, *a)))(thresholds, target_acc, score, fallback,
+                                                                               log or _log.info)
+    cascade = _load_cascade(folder, rebuild, threads)
     cascade.check_policy(policy.thresholds, policy.fallback)
     idle = [k + 1 for k, (has, needed) in enumerate(zip(cascade.has_head, policy.heads())) if has and not needed]
     if idle:  # ONNX Runtime runs a whole graph: a head in it runs whether or not its exit can fire
