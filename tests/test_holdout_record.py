@@ -218,3 +218,33 @@ def test_a_run_without_a_record_keeps_working_with_a_note(folder_run, scan_log):
     dataset, _ = run_split(run, dataclasses.replace(info, recipe=recipe), "val")
     assert sorted(dataset.paths) == val
     assert any("before 'scan fit' recorded" in m for m in scan_log)
+
+
+def test_cached_test_outputs_follow_the_test_images(tmp_path, run_cli):
+    """`scan evaluate` caches the test split's exit outputs by what the images are: an image added,
+    changed or removed since is never answered from outputs of the test split as it was."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    make_color_folder(root / "train", per_class=8, size=8)
+    make_color_folder(root / "test", per_class=4, size=8, seed=3)
+    run = _fit(str(root), tmp_path / "run")
+
+    def evaluate():
+        code, out, err = run_cli("evaluate", "--run", str(run), "--json")
+        assert code == 0, err
+        return json.loads(out)["n"], sorted(p.name for p in (run / "cache").glob("test-outputs-*"))
+
+    n, caches = evaluate()
+    assert n == 12 and len(caches) == 1
+    assert evaluate() == (12, caches)  # unchanged images: the cache is used, no second one
+    Image.new("RGB", (8, 8), (40, 40, 220)).save(root / "test" / "blue" / "new.png")
+    n, added = evaluate()
+    assert n == 13 and len(added) == 2
+    Image.new("RGB", (8, 8), (220, 30, 30)).save(root / "test" / "blue" / "0.png")  # same name, other image
+    n, changed = evaluate()
+    assert n == 13 and len(changed) == 3
+    os.remove(root / "test" / "blue" / "new.png")
+    os.remove(root / "test" / "blue" / "0.png")
+    n, removed = evaluate()
+    assert n == 11 and len(removed) == 4
