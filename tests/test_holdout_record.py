@@ -31,13 +31,13 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def _fit(data: str, out: Path, val_fraction=0.5) -> Path:
+def _fit(data: str, out: Path, val_fraction=0.5, **flags) -> Path:
     from scan_cli.training.loop import FitOptions, fit
     from scan_cli.training.recipes import Recipe
 
     recipe = Recipe(data=data, img_size=16, epochs=1, batch_size=16, lr=0.05, schedule="constant", augment="none",
                     hflip=False, workers=0, mode="joint", val_fraction=val_fraction, seed=1)
-    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out))
+    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out, **flags))
     return out
 
 
@@ -145,6 +145,46 @@ def test_rows_added_to_a_parquet_file_stay_out_of_validation(tmp_path, hf_cache,
     assert got == recorded
     assert any("6 example(s) added" in m for m in scan_log), scan_log
     assert png_bytes  # the rows are real PNGs
+
+
+def test_streamed_examples_added_since_fit_stay_out_of_validation(tmp_path, hf_cache, scan_log):
+    """A streamed split keeps no row numbers: validation is the content-hash side fit held out, and
+    rows added since whose hash falls on that side are left out and counted, as for folders."""
+    import datasets
+
+    from scan_cli.artifact import read_info
+    from scan_cli.data import run_split
+    from scan_cli.data.holdout import in_stream_holdout
+    from scan_cli.data.membership import example_key
+
+    (tmp_path / "p").mkdir()
+    file = tmp_path / "p" / "x.parquet"
+    hf_dataset(40).to_parquet(str(file))
+    run = _fit(str(file), tmp_path / "run", val_fraction=0.25, streaming=True)
+    info = read_info(run / "model.safetensors")
+
+    def val_items():
+        val, _ = run_split(run, info, "val")
+        return sorted(x.numpy().tobytes() for x, _ in val)
+
+    before = val_items()
+    assert before
+    new = hf_dataset(24, seed=5)
+    raw = new.cast_column("image", datasets.Image(decode=False))["image"]
+    added = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in raw)
+    assert added > 0  # some new rows hash onto the validation side
+    datasets.concatenate_datasets([new, hf_dataset(40)]).to_parquet(str(file))
+    assert val_items() == before
+    assert any(f"{added} example(s) added" in m for m in scan_log), scan_log
+    doc = json.loads((run / "holdout.json").read_text())
+    assert doc["match"] == "stream" and len(doc["val"]) == len(before) and doc["train"]["count"] == 40 - len(before)
+    old = hf_dataset(40).cast_column("image", datasets.Image(decode=False))["image"]
+    gone = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in old[:20])
+    assert gone > 0
+    hf_dataset(40).select(range(20, 40)).to_parquet(str(file))  # the first half removed
+    later = val_items()
+    assert len(later) == len(before) - gone and set(later) <= set(before)
+    assert any(f"{gone} of the {len(before)} examples 'scan fit' held out are missing" in m for m in scan_log), scan_log
 
 
 def test_a_relative_data_path_means_the_recorded_folder_from_anywhere(tmp_path, monkeypatch, run_cli):
