@@ -15,7 +15,7 @@ mean shortfall (promise - evaluation accuracy, in points) and the mean counted s
 Modes: today's default (validation optimum with the exact polish, `--max-drop` against the last
 exit) and today's `--confidence 0.9` (Pareto Testing alone), next to the new default (shrunk target,
 `--max-drop` against the best exit or ensemble) and the new `--confidence 0.9` (fixed sequence +
-Pareto Testing, Bonferroni). Score max_softmax, fallback last.
+Pareto Testing ordered on a sixth, Bonferroni 0.2 / 0.8). Score max_softmax, fallback last.
 
 The drift alarm (runs with a model only, ``--no-drift`` skips it; `drift_shift.py`): every pooled image also gets
 a shifted copy (rotation, contrast, noise or blur), put through the model and cached; on each
@@ -78,9 +78,10 @@ def _calibrate(mode: str, part: CascadeData, refs: dict, backbone: float, seed: 
     kw = {"target_acc": value} if kind == "target" else {"max_drop": value}
     if today and kind == "drop":
         kw["references"] = {"last exit": part.correct[:, -1]}  # today: measured against the last exit
-    shares = guarantee.SHARES
+    shares, order = guarantee.SHARES, guarantee.OPT_SHARE
     if today and confidence:
-        guarantee.SHARES = {"fixed sequence": 0.0, "Pareto testing": 1.0}  # today: Pareto Testing alone
+        guarantee.SHARES = {"fixed sequence": 0.0, "Pareto testing": 1.0}  # today: Pareto Testing alone,
+        guarantee.OPT_SHARE = 0.5  # on a half split
     try:
         r = calibrate(part, confidence=confidence, seed=seed, backbone_cost=backbone,
                       correct_selection=not today, **kw,
@@ -88,7 +89,7 @@ def _calibrate(mode: str, part: CascadeData, refs: dict, backbone: float, seed: 
     except TargetUnreachable:
         return None
     finally:
-        guarantee.SHARES = shares
+        guarantee.SHARES, guarantee.OPT_SHARE = shares, order
     return r.target["accuracy_target"], r.thresholds[:-1]
 
 
