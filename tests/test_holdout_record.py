@@ -31,13 +31,13 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def _fit(data: str, out: Path, val_fraction=0.5) -> Path:
+def _fit(data: str, out: Path, val_fraction=0.5, **flags) -> Path:
     from scan_cli.training.loop import FitOptions, fit
     from scan_cli.training.recipes import Recipe
 
     recipe = Recipe(data=data, img_size=16, epochs=1, batch_size=16, lr=0.05, schedule="constant", augment="none",
                     hflip=False, workers=0, mode="joint", val_fraction=val_fraction, seed=1)
-    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out))
+    fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=out, **flags))
     return out
 
 
@@ -147,6 +147,46 @@ def test_rows_added_to_a_parquet_file_stay_out_of_validation(tmp_path, hf_cache,
     assert png_bytes  # the rows are real PNGs
 
 
+def test_streamed_examples_added_since_fit_stay_out_of_validation(tmp_path, hf_cache, scan_log):
+    """A streamed split keeps no row numbers: validation is the content-hash side fit held out, and
+    rows added since whose hash falls on that side are left out and counted, as for folders."""
+    import datasets
+
+    from scan_cli.artifact import read_info
+    from scan_cli.data import run_split
+    from scan_cli.data.holdout import in_stream_holdout
+    from scan_cli.data.membership import example_key
+
+    (tmp_path / "p").mkdir()
+    file = tmp_path / "p" / "x.parquet"
+    hf_dataset(40).to_parquet(str(file))
+    run = _fit(str(file), tmp_path / "run", val_fraction=0.25, streaming=True)
+    info = read_info(run / "model.safetensors")
+
+    def val_items():
+        val, _ = run_split(run, info, "val")
+        return sorted(x.numpy().tobytes() for x, _ in val)
+
+    before = val_items()
+    assert before
+    new = hf_dataset(24, seed=5)
+    raw = new.cast_column("image", datasets.Image(decode=False))["image"]
+    added = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in raw)
+    assert added > 0  # some new rows hash onto the validation side
+    datasets.concatenate_datasets([new, hf_dataset(40)]).to_parquet(str(file))
+    assert val_items() == before
+    assert any(f"{added} example(s) added" in m for m in scan_log), scan_log
+    doc = json.loads((run / "holdout.json").read_text())
+    assert doc["match"] == "stream" and len(doc["val"]) == len(before) and doc["train"]["count"] == 40 - len(before)
+    old = hf_dataset(40).cast_column("image", datasets.Image(decode=False))["image"]
+    gone = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in old[:20])
+    assert gone > 0
+    hf_dataset(40).select(range(20, 40)).to_parquet(str(file))  # the first half removed
+    later = val_items()
+    assert len(later) == len(before) - gone and set(later) <= set(before)
+    assert any(f"{gone} of the {len(before)} examples 'scan fit' held out are missing" in m for m in scan_log), scan_log
+
+
 def test_a_relative_data_path_means_the_recorded_folder_from_anywhere(tmp_path, monkeypatch, run_cli):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -218,3 +258,33 @@ def test_a_run_without_a_record_keeps_working_with_a_note(folder_run, scan_log):
     dataset, _ = run_split(run, dataclasses.replace(info, recipe=recipe), "val")
     assert sorted(dataset.paths) == val
     assert any("before 'scan fit' recorded" in m for m in scan_log)
+
+
+def test_cached_test_outputs_follow_the_test_images(tmp_path, run_cli):
+    """`scan evaluate` caches the test split's exit outputs by what the images are: an image added,
+    changed or removed since is never answered from outputs of the test split as it was."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    make_color_folder(root / "train", per_class=8, size=8)
+    make_color_folder(root / "test", per_class=4, size=8, seed=3)
+    run = _fit(str(root), tmp_path / "run")
+
+    def evaluate():
+        code, out, err = run_cli("evaluate", "--run", str(run), "--json")
+        assert code == 0, err
+        return json.loads(out)["n"], sorted(p.name for p in (run / "cache").glob("test-outputs-*"))
+
+    n, caches = evaluate()
+    assert n == 12 and len(caches) == 1
+    assert evaluate() == (12, caches)  # unchanged images: the cache is used, no second one
+    Image.new("RGB", (8, 8), (40, 40, 220)).save(root / "test" / "blue" / "new.png")
+    n, added = evaluate()
+    assert n == 13 and len(added) == 2
+    Image.new("RGB", (8, 8), (220, 30, 30)).save(root / "test" / "blue" / "0.png")  # same name, other image
+    n, changed = evaluate()
+    assert n == 13 and len(changed) == 3
+    os.remove(root / "test" / "blue" / "new.png")
+    os.remove(root / "test" / "blue" / "0.png")
+    n, removed = evaluate()
+    assert n == 11 and len(removed) == 4

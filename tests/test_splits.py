@@ -8,6 +8,7 @@ evaluate, profile and predict --target-acc use) for validation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -133,9 +134,12 @@ def test_the_run_records_what_decides_its_splits(tmp_path, hf_cache):
     fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=tmp_path / "run", **flags))
     rec = read_info(tmp_path / "run" / "model.safetensors").recipe
     assert rec["streaming"] is True
+    doc = json.loads((tmp_path / "run" / "holdout.json").read_text())  # the streamed validation's fingerprints
+    assert doc["match"] == "stream" and len(doc["val"]) + doc["train"]["count"] == 40
     assert rec["data_split"] == {
         "source": f"file {data}", "root": str(Path(data).absolute()), "streaming": True, "image_column": "image", "label_column": "label",
         "val": {"from": "train", "rule": "content-hash", "key": "image bytes", "fraction": 0.25, "seed": 3},
+        "membership": {"file": "holdout.json", "digest": doc["digest"], "val": len(doc["val"]), "train": doc["train"]["count"]},
     }
 
 

@@ -6,8 +6,8 @@ union of what they certify is still wrong with probability <= delta):
 * fixed sequence on a family fixed before the data is seen (``threshold_family``: one threshold
   for every shallow exit, from "nobody leaves early" down to "everybody leaves at exit 1"), tested
   in that order on every validation image: no image is spent on choosing the order;
-* Pareto Testing (Laufer-Goldshtein et al., 2023): the front of one half of the images, tested in
-  order of accuracy on the other half; it certifies more where the fixed family is poor (e.g. the
+* Pareto Testing (Laufer-Goldshtein et al., 2023): the front of a sixth of the images (``OPT_SHARE``),
+  tested in order of accuracy on the other five sixths; it certifies more where the fixed family is poor (e.g. the
   last exit is weaker than the others, and the family starts there).
 
 Each test is an exact binomial tail; every configuration a sequence rejects has true accuracy >=
@@ -61,8 +61,16 @@ def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float,
     return lower, upper
 
 
-# Bonferroni shares of delta (they sum to 1).
-SHARES = {"fixed sequence": 0.5, "Pareto testing": 0.5}
+# Bonferroni shares of delta (they sum to 1). Pareto Testing gets most: its order comes from the data, so
+# it starts where the cascade is best, while the fixed family starts at the last exit, which may be
+# weaker than the others (Fashion-MNIST); the fixed sequence keeps a share for cascades whose deep
+# exits are best, where its test on every image is the stronger one (bench_promise's simulated cascade).
+SHARES = {"fixed sequence": 0.2, "Pareto testing": 0.8}
+# Share of the images Pareto Testing spends on ordering (the front); the rest are tested. Power lies in
+# the test (its binomial bound tightens with its size); the order only has to put a good configuration
+# first, which about a hundred images do: on Fashion-MNIST, 600 images, 1/6 certifies
+# 78 % in 33/50 re-splits where 1/2 does in 18/50 (bench/results/promise.md).
+OPT_SHARE = 1 / 6
 # One threshold for every shallow exit, 1 - 10^-x for x from 4 (or +inf: nobody leaves early) down to
 # 0 (everybody leaves at exit 1); for neg_entropy -10^-x, x down to -1.5 (an entropy of 31 nats).
 FAMILY_STEPS = 161
@@ -90,7 +98,8 @@ def _pareto_testing(data: CascadeData, target: float, delta: float, seed: int, m
     """(configurations [P, K-1] in test order, how many rejected, test correct counts, n_test)."""
     n = data.n
     perm = np.random.default_rng(seed).permutation(n)
-    opt, test = data.subset(perm[: n // 2]), data.subset(perm[n // 2 :])
+    cut = int(round(n * OPT_SHARE))
+    opt, test = data.subset(perm[:cut]), data.subset(perm[cut:])
     configs, seen = [], set()
     for point in reversed(pareto_front(opt, max_evaluations).points()):  # most to least accurate
         key = tuple(point["thresholds"])
@@ -147,9 +156,10 @@ def _certify(data: CascadeData, confidence: float, target: float, seed: int, max
         ],
         "method": "Learn-then-Test (Angelopoulos et al., 2021): fixed-sequence binomial tests along a "
         "data-independent threshold family on every validation image, and Pareto Testing "
-        "(Laufer-Goldshtein et al., 2023) on a half split; delta split between them (Bonferroni)",
+        f"(Laufer-Goldshtein et al., 2023) ordered on {n - n_test} images and tested on {n_test}; delta split between them (Bonferroni)",
         "procedure": source[pick],
         "delta_shares": dict(SHARES),
+        "pareto_order_share": OPT_SHARE,
         "seed": seed,
         "certified": {"fixed sequence": fixed, "Pareto testing": tested},
         "n_test": n if source[pick] == "fixed sequence" else n_test,

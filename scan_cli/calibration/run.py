@@ -20,8 +20,10 @@ from ..runs import Run
 def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None, batch_size: int = 128,
                   write: bool = True, used: Optional[dict] = None):
     """numpy ([n, K, C] logits, [n] labels, skipped) of ``split``, cached per artifact and data digest
-    (``data.split_digest``) when the run's own data is used, never written with write=False. The model
-    and the data are only loaded on a cache miss (a cached run needs no torch). ``skipped`` (a
+    (``data.split_digest``) when the run's own data is used, never written with write=False. Validation
+    is named by the membership fit recorded, so its model and data are only loaded on a cache miss (a
+    cached run needs no torch); any other split by what its examples are now (the data is listed and
+    hashed first; a streamed split, which has no stable keys, is not cached). ``skipped`` (a
     ``SkippedImages``) counts the split's images left out as undecodable, also when the outputs come
     from the cache; they are named in a warning and the count goes into the report. ``used``: a dict
     that receives which data the outputs are of (``source``: absolute root or id, ``digest``)."""
@@ -35,26 +37,37 @@ def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None
     used = {} if used is None else used
     if own:
         used["source"] = (recipe.get("data_split") or {}).get("root") or recipe.get("data")
+    if own and split == "val":
         used["digest"] = split_digest(recipe, split)
         cached = read_cached_outputs(run, split, used["digest"], skipped)
         if cached is not None:
             _warn_skipped(split, skipped, len(cached[1]))
             return cached[0], cached[1], skipped
     from ..data import make_loader, run_split
+    from ..data.membership import data_digest
     from ..exit_outputs import cached_exit_outputs, collect_exit_outputs
 
     dataset, splits = run_split(run.folder, run.info, split, None if own else data)
+    cache = own and (split == "val" or not splits.streaming)
+    if cache:
+        content = None if split == "val" else data_digest(dataset, splits.root)
+        used["digest"] = split_digest(recipe, split, splits, content=content)
+        cached = None if split == "val" else read_cached_outputs(run, split, used["digest"], skipped)
+        if cached is not None:
+            _warn_skipped(split, skipped, len(cached[1]))
+            return cached[0], cached[1], skipped
     device = resolve_device(device)
     keep_freed_memory(device)
     model, _ = run.load(device)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
-    if own:
-        used["digest"] = split_digest(recipe, split, splits)
+    if cache:
         logits, labels = cached_exit_outputs(run, split, used["digest"], make, model, device=device, skipped=skipped,
                                              write=write)
+    elif own:  # a streamed split other than validation: no stable keys to name a cache by
+        used["digest"] = None
+        logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
+        logits, labels = logits.numpy(), labels.numpy()
     else:
-        from ..data.membership import data_digest
-
         used["source"], used["digest"] = splits.root, data_digest(dataset, splits.root)
         logits, labels = collect_exit_outputs(model, make(), device=device, progress=f"{split} exits")
         logits, labels = logits.numpy(), labels.numpy()

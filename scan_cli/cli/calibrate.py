@@ -97,7 +97,8 @@ def _print_calibration(doc: dict) -> None:
     target = doc.get("target") or {}
     if target.get("reference"):
         console.print(f"--max-drop measured against {target['reference']}, the most accurate answer on validation "
-                      f"({100 * target['reference_accuracy']:.2f}%)", highlight=False)
+                      f"({100 * target['reference_accuracy']:.2f}%; {100 * target.get('reference_accuracy_corrected', target['reference_accuracy']):.2f}% "
+                      "after the bootstrap correction for picking the best on the same images)", highlight=False)
     promise = target.get("promise")
     if promise:
         console.print(f"promise: {promise['statement']} ({PROMISE_RECORD[promise['kind']]})", highlight=False)

@@ -7,8 +7,10 @@ Keys are stable per example:
   bytes; a validation file is matched by its path, and counted as changed when its bytes differ;
 * `datasets` rows: a fingerprint of the row's image (its bytes, else its path); row numbers move
   when rows are added or removed, content does not;
-* streamed splits keep no list: the content-hash rule (`holdout.in_stream_holdout`) depends on an
-  example's bytes only, so a training example can never become validation.
+* streamed splits: the fingerprints of the validation examples, read once (undecoded) when fit
+  records them; the content-hash rule (`holdout.in_stream_holdout`) keeps training examples out of
+  validation, the fingerprints keep out examples added since (`StreamingImages.members`, counted
+  as they stream by).
 
 `holdout.json` in the run folder (written atomically at fit) holds the validation keys, a compact
 set of 64-bit hashes of the training keys (to tell "added since" from "trained on") and a digest
@@ -38,6 +40,7 @@ FLOOR = 0.9
 NAMED = 3  # how many missing or changed examples a message names
 FILE_KEY = "path relative to the data root + blake2b-96 of the file"
 ROW_KEY = "blake2b-96 of the row's image (bytes, else path)"
+STREAM_KEY = "blake2b-96 of the streamed image (bytes, else path)"
 
 
 def content_hash(path) -> str:
@@ -117,6 +120,33 @@ def _is_rows(dataset) -> bool:  # `HFImages`
     return hasattr(dataset, "hf") and hasattr(dataset, "indices") and hasattr(dataset, "image_column")
 
 
+def _is_stream(dataset) -> bool:  # `StreamingImages`
+    return hasattr(dataset, "members") and hasattr(dataset, "values")
+
+
+def _stream_entries(splits) -> tuple:
+    """([(name, fingerprint)] of a streamed validation, training examples counted) in one undecoded
+    pass: held out of train, the pass reads train once and sorts by the hold-out hash."""
+    import copy
+
+    val, train, v = [], 0, splits.val
+    held = splits.val_from_train and v.holdout is not None
+    every = copy.copy(v)
+    if held:
+        every.holdout = None
+    seen = set()
+    for value in every.values():
+        if held and not v._in_side(value):
+            train += 1
+            continue
+        fp = row_fingerprint(value)
+        if fp not in seen:
+            seen.add(fp)
+            path = value.get("path") if isinstance(value, dict) else None
+            val.append((str(path) if path else fp, fp))
+    return val, train
+
+
 def _subset(dataset, **fields):
     """A copy of a map-style split with other items (its transform and source kept)."""
     import copy
@@ -162,6 +192,10 @@ def build(splits, root: str):
     """The membership document of fit's splits, or None when validation has no stable keys."""
     if splits.val is None:
         return None
+    if _is_stream(splits.val):
+        val, count = _stream_entries(splits)
+        return {"format": FORMAT, "root": root, "match": "stream", "key": STREAM_KEY, "digest": digest(val),
+                "val": [list(e) for e in val], "train": {"count": count, "hashes": ""}}
     found = entries(splits.val, root)
     if found is None:
         return None
@@ -202,8 +236,16 @@ def _names(keys) -> str:
 def rebuild(splits, doc: dict, held_from_train: bool):
     """`splits` with validation rebuilt from the record `doc`: exactly the recorded examples still
     present and unchanged; training examples and examples added since never enter it. Says how many
-    were added, names the missing and changed ones, refuses below FLOOR. Sets `splits.val_digest`."""
+    were added, names the missing and changed ones, refuses below FLOOR. Sets `splits.val_digest`.
+    A streamed validation is limited to the recorded fingerprints; it is counted as it streams by."""
     root = doc.get("root") or ""
+    if doc.get("match") == "stream":
+        if not _is_stream(splits.val):
+            raise ScanError("the run recorded a streamed split, but the data is now another kind of source: restore "
+                            "the data, or pass --data with the data to use")
+        splits.val.members = frozenset(h for _, h in doc["val"])
+        splits.val_digest = doc["digest"]
+        return splits
     parts = [d for d in ((splits.train if held_from_train else None), splits.val) if d is not None]
     recorded = {k: h for k, h in doc["val"]}
     trained = _in_hash_set((doc.get("train") or {}).get("hashes"))

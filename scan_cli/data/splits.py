@@ -113,10 +113,12 @@ def _own_source(recipe: dict, rec: dict) -> str | None:
     return root
 
 
-def split_digest(recipe: dict, split: str, splits: DataSplits | None = None) -> str:
+def split_digest(recipe: dict, split: str, splits: DataSplits | None = None, content: str | None = None) -> str:
     """What names a split's cached exit outputs (`runs.Run.outputs_cache`): for validation, the
     digest of the membership used (the recorded one until a rebuild says otherwise), else a digest
-    of where the data is and how it splits, so outputs of different data are never mixed."""
+    of where the data is and how it splits, and of ``content`` (`membership.data_digest` of the
+    split's examples as they are now: an image added, changed or removed since names another cache),
+    so outputs of different data are never mixed."""
     rec = recipe.get("data_split") if isinstance(recipe.get("data_split"), dict) else {}
     if split == "val":
         if splits is not None and splits.val_digest:
@@ -124,8 +126,9 @@ def split_digest(recipe: dict, split: str, splits: DataSplits | None = None) -> 
         if splits is None and (rec.get("membership") or {}).get("digest"):
             return rec["membership"]["digest"]
     where = rec.get("root") or membership.data_root(recipe.get("data"))
-    text = json.dumps([where, split, rec.get("val"), rec.get("image_column"), rec.get("label_column"),
-                       recipe.get("val_fraction"), recipe.get("seed")], sort_keys=True, default=str)
+    parts = [where, split, rec.get("val"), rec.get("image_column"), rec.get("label_column"),
+             recipe.get("val_fraction"), recipe.get("seed")] + ([content] if content else [])
+    text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -8,7 +8,9 @@ size, else every world_size-th example), and inside a rank `datasets` gives each
 its own shards (workers are capped at the shard count). Every example is read by exactly one
 (rank, worker); ranks can differ by a few examples, so a DDP loop must tolerate uneven ends.
 Streamed examples that do not decode are given as `dataset.Skipped` markers, which the loaders
-leave out, count and name (as for map-style data).
+leave out, count and name (as for map-style data). A run's streamed validation is also limited to
+the examples fit held out (`members`, their fingerprints from `holdout.json`, `membership.py`):
+examples added since are left out and counted, whatever side of the hash they fall on.
 
 `StreamingImages` subclasses a torch class, so it is built on first use (PEP 562 `__getattr__`)
 and this module does not import torch at module level; it still pickles by name.
@@ -23,7 +25,7 @@ import os
 from .images import describe_error, draft_size
 from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
-from .membership import example_key
+from .membership import example_key, row_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ def _build_streaming_class():
         content-hash hold-out (`holdout.in_stream_holdout`). `configured(...)` returns a copy set up for
         one epoch of one rank (make_loader calls it): optional buffered shuffle seeded by
         seed + epoch, then split_dataset_by_node for DDP; DataLoader workers get disjoint shards
-        from `datasets` itself.
+        from `datasets` itself. members: fingerprints (`membership.row_fingerprint`) of the only
+        examples to give (a run's recorded validation), or None; the others are counted and left out.
         """
 
         def __init__(self, hf_dataset, image_column, label_column, transform=None, holdout=None, label_map=None):
@@ -68,6 +71,7 @@ def _build_streaming_class():
             self.rank = 0
             self.world_size = 1
             self.shuffle_buffer = STREAM_SHUFFLE_BUFFER
+            self.members = None
 
         @property
         def num_shards(self) -> int:
@@ -78,6 +82,19 @@ def _build_streaming_class():
             other.shuffle, other.seed, other.epoch = bool(shuffle), int(seed), int(epoch)
             other.rank, other.world_size = int(rank), int(world_size)
             return other
+
+        def values(self):
+            """Every image value (undecoded) this split gives, in stream order, nothing decoded: what
+            fit records as a streamed validation's membership."""
+            for example in self.hf:
+                label = example[self.label_column]
+                if self.label_map is not None:
+                    label = self.label_map.get(label, -1)
+                if label is None or int(label) < 0:
+                    continue
+                value = example[self.image_column]
+                if self.holdout is None or self._in_side(value):
+                    yield value
 
         def _in_side(self, value) -> bool:
             fraction, seed, side = self.holdout
@@ -94,6 +111,7 @@ def _build_streaming_class():
 
                 ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
             draft = draft_size(self.transform)
+            added, seen = 0, set()
             for example in ds:
                 label = example[self.label_column]
                 if self.label_map is not None:
@@ -103,12 +121,34 @@ def _build_streaming_class():
                 value = example[self.image_column]
                 if self.holdout is not None and not self._in_side(value):
                     continue
+                if self.members is not None:
+                    fingerprint = row_fingerprint(value)
+                    if fingerprint not in self.members:
+                        added += 1
+                        continue
+                    seen.add(fingerprint)
                 try:
                     img = value_to_pil(value, draft=draft)
                 except Exception as exc:  # noqa: BLE001 - counted by the loader, never a crash
                     yield Skipped(-1, _example_name(value), describe_error(exc))
                     continue
                 yield (self.transform(img) if self.transform is not None else img), int(label)
+            if self.members is not None:
+                self._report(added, seen)
+
+        def _report(self, added: int, seen: set) -> None:
+            """After a pass over the recorded validation: examples added since (left out), and, when
+            this pass read the whole stream (one process), the recorded ones no longer there."""
+            import torch.utils.data
+
+            if added:
+                log.warning(f"{added} example(s) added to the data since 'scan fit' are left out of validation "
+                            "(validation is what fit held out)")
+            whole = torch.utils.data.get_worker_info() is None and self.world_size == 1
+            missing = len(self.members) - len(seen)
+            if whole and missing:
+                log.warning(f"validation: {missing} of the {len(self.members)} examples 'scan fit' held out are "
+                            f"missing or changed: calibrating on the {len(seen)} still there")
 
     StreamingImages.__module__ = __name__
     StreamingImages.__qualname__ = "StreamingImages"
