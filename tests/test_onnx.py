@@ -603,13 +603,15 @@ def test_cli_does_not_import_onnx_at_startup():
     assert out.split() == ["False"]
 
 
-# a process where torch, timm and torchvision cannot be imported: each attempt fails and is written down
+# a process where torch, timm and torchvision cannot be imported, nor ml_dtypes (what makes `import
+# onnx` take a second; the manifest check reads onnx's protobuf classes without it): each attempt
+# fails and is written down
 NO_TORCH = """
 import atexit, sys
 tried = []
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm", "torchvision"):
+        if name.split(".")[0] in ("torch", "timm", "torchvision", "ml_dtypes"):
             tried.append(name)
             raise ImportError(f"{name} is blocked in this test")
 sys.meta_path.insert(0, Block())

@@ -346,3 +346,32 @@ def test_a_symlinked_out_is_updated_at_its_target(export, tmp_path, run_cli):
     from scan_cli.inference import manifest
 
     manifest.read(link)
+
+
+def test_weights_outside_the_folder_are_refused_without_importing_onnx(export, tmp_path):
+    """The graph check on every predict from an export folder reads onnx's protobuf classes without
+    `import onnx` (which costs a second): in a process that cannot import ml_dtypes (onnx's slow part)
+    it still finds weights stored outside the folder, before any session exists."""
+    import subprocess
+    import sys
+
+    folder, elsewhere = tmp_path / "export", tmp_path / "elsewhere"
+    shutil.copytree(export / "good", folder)
+    elsewhere.mkdir()
+    _external_weights(folder, elsewhere)
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'ml_dtypes': raise ImportError('blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from scan_cli.inference.manifest import read\n"
+            "try:\n"
+            f"    read({str(folder)!r})\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n"
+            "print('onnx' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert "keeps weights in another file" in lines[0], res.stdout
+    assert lines[-1] == "False"  # onnx itself was never imported
