@@ -185,14 +185,15 @@ class Run:
             self._fingerprint = artifact_fingerprint(self.model_file)
         return self._fingerprint
 
-    def load(self, device="cpu"):
-        """(model, info) on ``device``, built and loaded once per device for the whole command."""
+    def load(self, device="cpu", write: bool = True):
+        """(model, info) on ``device``, built and loaded once per device for the whole command.
+        ``write=False`` (a dry run): the build's shapes are traced, not read from or kept in the cache."""
         key = str(device)
         if key not in self._models:
             from .artifact import load
 
             model, _ = load(self.model_file, device=device, info=self.info,
-                            shapes_cache=self.shapes_cache(self.info.input_size))
+                            shapes_cache=self.shapes_cache(self.info.input_size) if write else None)
             self._models[key] = model
         return self._models[key], self.info
 

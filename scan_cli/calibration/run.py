@@ -58,7 +58,7 @@ def split_outputs(run: Run, split: str, device="cpu", data: Optional[str] = None
             return cached[0], cached[1], skipped
     device = resolve_device(device)
     keep_freed_memory(device)
-    model, _ = run.load(device)
+    model, _ = run.load(device, write=write)
     make = lambda: make_loader(dataset, batch_size=batch_size, shuffle=False, skipped=skipped)  # noqa: E731
     if cache:
         logits, labels = cached_exit_outputs(run, split, used["digest"], make, model, device=device, skipped=skipped,

@@ -81,7 +81,7 @@ def run_macs(run, input_size: Optional[int] = None, model=None, write: bool = Tr
     if cached is not None:
         return cached
     if model is None:
-        model, _ = run.load()
+        model, _ = run.load(write=write)
     return profile_macs(model, size, cache_path=path if write else None)
 
 
