@@ -149,16 +149,31 @@ def test_bad_phase_key_in_a_recipe_file_is_one_line_exit_2(run_cli, tmp_path):
     assert len(lines) == 1 and "heads_epochs" in lines[0], err
 
 
-def test_heads_last_refits_only_the_deepest_classifier(folder, tmp_path):
+def test_heads_last_trains_the_last_section_only(folder, tmp_path):
+    """heads_last: the backbone past the last split (layer4, its BN statistics, the classifier) keeps
+    learning in the heads phase; everything the shallow exits read stays bit for bit."""
     recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=1, heads_last=True)
     _fit_saving_checkpoints(recipe, tmp_path / "run", tmp_path / "ck")
     joint, _ = _checkpoint(tmp_path / "ck" / "epoch1.safetensors")
     final = load_file(str(tmp_path / "run" / "model.safetensors"))
-    fc = [k for k in final if k.startswith("backbone.model.fc.")]
-    assert fc and all(not torch.equal(final[k], joint[f"model.{k}"]) for k in fc)
+    last = [k for k in final if k.startswith(("backbone.model.layer4.", "backbone.model.fc."))]
+    assert any(k.endswith("running_mean") for k in last) and any(k.startswith("backbone.model.fc.") for k in last)
+    learned = [k for k in last if k.endswith((".weight", "running_mean")) and "num_batches" not in k]
+    assert learned and all(not torch.equal(final[k], joint[f"model.{k}"]) for k in learned)
     for k in final:
-        if k.startswith("backbone.") and k not in fc:
+        if k.startswith("backbone.") and k not in last:
             assert torch.equal(final[k], joint[f"model.{k}"]), k
+
+
+def test_deepest_only_modules_are_the_ones_past_the_last_split():
+    from scan_cli.model import build_bare_model
+
+    model, size = build_bare_model("resnet10_cifar", 16)
+    found = phases.deepest_only_modules(model, size)
+    names = {n for n, m in model.backbone.named_modules() if any(m is f for f in found)}
+    assert names and all(n.startswith(("model.layer4", "model.fc")) for n in names), names
+    assert any(n.startswith("model.layer4") for n in names) and "model.fc" in names
+    assert model.training is False  # the probe leaves the mode as it was
 
 
 def test_heads_phase_under_ddp_two_processes(folder, tmp_path):
