@@ -80,7 +80,7 @@ class Recipe:
     # -- the heads-only phase after joint training (issue 22; training/phases.py) --
     heads_epochs: Optional[int] = None  # heads-only epochs after the joint ones; None = auto_heads_epochs
     heads_lr: Optional[float] = None  # their lr, cosine to 0; None = the heads-only rate (0.1 per 256 images)
-    heads_last: bool = False  # the heads phase also re-fits the deepest exit's classifier on the frozen features
+    heads_last: bool = False  # the heads phase also trains the backbone past the last split (deepest exit only)
 
     def to_dict(self) -> dict:
         return asdict(self)
