@@ -38,7 +38,7 @@ def _fit_saving_checkpoints(recipe, out, keep):
 
 
 def test_heads_phase_keeps_backbone_and_bn_statistics_and_resets_the_optimiser(folder, tmp_path):
-    recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=2)
+    recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=2, heads_last=False)
     summary = _fit_saving_checkpoints(recipe, tmp_path / "run", tmp_path / "ck")
     assert [h["phase"] for h in summary["history"]] == ["joint", "heads", "heads"]
     joint, meta1 = _checkpoint(tmp_path / "ck" / "epoch1.safetensors")
@@ -113,11 +113,10 @@ def test_heads_phase_schedule():
     assert phases.total_epochs(r) == 6 and not phases.in_heads_phase(r, 3) and phases.in_heads_phase(r, 4)
 
 
-def test_auto_heads_epochs_rounds_down_and_is_capped(monkeypatch):
+def test_auto_heads_epochs_rounds_and_is_capped():
     from scan_cli.training import recipes
 
-    monkeypatch.setattr(recipes, "AUTO_HEADS_FRACTION", 0.3)
-    assert [recipes.auto_heads_epochs(n, "joint") for n in (3, 10, 12, 200)] == [0, 3, 3, 5]
+    assert [recipes.auto_heads_epochs(n, "joint") for n in (1, 3, 4, 5, 10, 12, 200)] == [0, 0, 1, 2, 3, 4, 5]
     assert recipes.auto_heads_epochs(10, "heads") == 0
 
 
@@ -125,7 +124,10 @@ def test_resolve_fills_the_phase_keys():
     heads = resolve(Recipe(heads_epochs=3), img_size=16, mode="heads")
     assert heads.heads_epochs == 0  # a heads-only run is all heads phase
     joint = resolve(Recipe(epochs=10), img_size=16, mode="joint", world_size=2)
-    assert joint.heads_epochs == 0  # off by default (the deepest-exit goals of issue 22 are not met yet)
+    assert joint.heads_epochs == 3 and joint.heads_last  # on by default for joint training (issue 22)
+    assert joint.kd_teacher == "ensemble" and heads.kd_teacher == "last"  # a trained backbone's deepest exit teaches
+    assert resolve(Recipe(epochs=10, loss="paper"), img_size=16, mode="joint").kd_teacher == "last"  # the paper's
+    assert resolve(Recipe(epochs=10, kd_teacher="last"), img_size=16, mode="joint").kd_teacher == "last"
     paper = Path(__file__).resolve().parents[1] / "recipes" / "cifar100-resnet18-paper.toml"
     assert load_recipe(str(paper)).heads_epochs == 0  # the paper's schedule, exactly
     assert joint.heads_lr == pytest.approx(0.1 * 128 / 256)  # the heads-only rate for the global batch
@@ -149,16 +151,31 @@ def test_bad_phase_key_in_a_recipe_file_is_one_line_exit_2(run_cli, tmp_path):
     assert len(lines) == 1 and "heads_epochs" in lines[0], err
 
 
-def test_heads_last_refits_only_the_deepest_classifier(folder, tmp_path):
+def test_heads_last_trains_the_last_section_only(folder, tmp_path):
+    """heads_last: the backbone past the last split (layer4, its BN statistics, the classifier) keeps
+    learning in the heads phase; everything the shallow exits read stays bit for bit."""
     recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=1, heads_last=True)
     _fit_saving_checkpoints(recipe, tmp_path / "run", tmp_path / "ck")
     joint, _ = _checkpoint(tmp_path / "ck" / "epoch1.safetensors")
     final = load_file(str(tmp_path / "run" / "model.safetensors"))
-    fc = [k for k in final if k.startswith("backbone.model.fc.")]
-    assert fc and all(not torch.equal(final[k], joint[f"model.{k}"]) for k in fc)
+    last = [k for k in final if k.startswith(("backbone.model.layer4.", "backbone.model.fc."))]
+    assert any(k.endswith("running_mean") for k in last) and any(k.startswith("backbone.model.fc.") for k in last)
+    learned = [k for k in last if k.endswith((".weight", "running_mean")) and "num_batches" not in k]
+    assert learned and all(not torch.equal(final[k], joint[f"model.{k}"]) for k in learned)
     for k in final:
-        if k.startswith("backbone.") and k not in fc:
+        if k.startswith("backbone.") and k not in last:
             assert torch.equal(final[k], joint[f"model.{k}"]), k
+
+
+def test_deepest_only_modules_are_the_ones_past_the_last_split():
+    from scan_cli.model import build_bare_model
+
+    model, size = build_bare_model("resnet10_cifar", 16)
+    found = phases.deepest_only_modules(model, size)
+    names = {n for n, m in model.backbone.named_modules() if any(m is f for f in found)}
+    assert names and all(n.startswith(("model.layer4", "model.fc")) for n in names), names
+    assert any(n.startswith("model.layer4") for n in names) and "model.fc" in names
+    assert model.training is False  # the probe leaves the mode as it was
 
 
 def test_heads_phase_under_ddp_two_processes(folder, tmp_path):

@@ -164,15 +164,17 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
                                                distributed=dist_info.enabled, drop_last=True, **loader_kw))
             clock = StepClock(steps_per_epoch * total if steps_per_epoch else None,
                               done_steps=(steps_per_epoch or 0) * start_epoch, log=None if dist_info.is_main else False)
+            last_section = []  # modules past the last split that learn in the heads phase (heads_last)
             for epoch in range(start_epoch, total):
                 phase = "heads" if mode == "heads" or phases.in_heads_phase(recipe, epoch) else "joint"
                 if phase != mode:  # the heads phase after joint training: backbone frozen from here on
-                    train_model, mode = phases.enter_heads_phase(model, optimizer, epoch, recipe, wrap), phase
+                    (train_model, last_section), mode = phases.enter_heads_phase(
+                        model, optimizer, epoch, recipe, wrap, img_size), phase
                 torch.manual_seed(recipe.seed + epoch)
                 loader = make_loader(splits.train, batch_size=recipe.batch_size, shuffle=True, epoch=epoch,
                                      distributed=dist_info.enabled, drop_last=True, skipped=skipped["train"], **loader_kw)
                 stats = _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype,
-                                     scaler, mode, channels_last, progress, clock, epoch_task)
+                                     scaler, mode, channels_last, progress, clock, epoch_task, last_section)
                 if dist_info.is_main:
                     logits, labels = collect_exit_outputs(model, val_loader(), device=device, progress="validation")
                     val = exit_accuracies(logits, labels)
@@ -362,10 +364,11 @@ def _prepare_run_dir(opts: FitOptions, backbone_id: str, dist_info: DistInfo) ->
 
 
 def _train_epoch(train_model, model, loader, optimizer, recipe, epoch, device, amp_dtype, scaler, mode,
-                 channels_last, progress, clock=None, epoch_task=None) -> dict:
-    model.train()
-    if mode == "heads":
-        model.backbone.eval()  # frozen backbone: BN statistics stay fixed
+                 channels_last, progress, clock=None, epoch_task=None, last_section=()) -> dict:
+    if mode == "heads":  # frozen backbone: BN statistics stay fixed (but the last section's, with heads_last)
+        phases.set_heads_phase_modes(model, last_section)
+    else:
+        model.train()
     steps = loader_length(loader)
     task = progress.add_task(f"epoch {epoch + 1}", total=steps, status="")
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()

@@ -50,15 +50,55 @@ def freeze_backbone(model, retrain_classifier: bool) -> None:
             p.requires_grad_(True)
 
 
-def enter_heads_phase(model, optimizer, epoch: int, recipe: Recipe, wrap):
+def deepest_only_modules(model, img_size: int) -> list:
+    """The backbone's modules that only the deepest exit uses: everything a forward up to the last
+    split does not run (the last section's blocks, the final norm, the classifier). Found by running
+    that forward on one blank image with hooks, so it holds for any backbone, plugins' included."""
+    import torch
+
+    seen, hooks = set(), []
+    for m in model.backbone.modules():
+        hooks.append(m.register_forward_hook(lambda mod, _in, _out: seen.add(id(mod))))
+    was_training = model.training
+    param = next(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            h = model.stem(torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype))
+            for k in range(model.num_exits - 1):
+                h = model.section(k, h)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return [m for m in model.backbone.modules()
+            if id(m) not in seen and any(True for _ in m.parameters(recurse=False))]
+
+
+def set_heads_phase_modes(model, last_section: list) -> None:
+    """Train mode for the heads (and ``last_section``), eval mode for the frozen backbone, whose BN
+    statistics must stay as joint training left them."""
+    model.train()
+    model.backbone.eval()
+    for m in last_section:
+        m.train()
+
+
+def enter_heads_phase(model, optimizer, epoch: int, recipe: Recipe, wrap, img_size: int):
     """Freeze the backbone for the heads phase; returns the model to train (``wrap``: DDP again, as
-    DDP only reduces the parameters that required gradients when it was built). The optimiser's
+    DDP only reduces the parameters that required gradients when it was built) and the modules that
+    keep learning with the heads (``heads_last``: the section after the last split, which feeds the
+    deepest exit only, so the shallow exits' features stay exactly as they were). The optimiser's
     state is cleared only at the phase's first epoch: a run resumed later in the phase has loaded
     the heads phase's own state from its checkpoint."""
-    freeze_backbone(model, retrain_classifier=recipe.heads_last)
+    last_section = deepest_only_modules(model, img_size) if recipe.heads_last else []
+    freeze_backbone(model, retrain_classifier=False)
+    for m in last_section:
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(True)
     if epoch == recipe.epochs:
         optimizer.state.clear()
-    return wrap(model)
+    return wrap(model), last_section
 
 
 def as_trained(recipe: Recipe) -> Recipe:

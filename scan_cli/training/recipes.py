@@ -80,7 +80,7 @@ class Recipe:
     # -- the heads-only phase after joint training (issue 22; training/phases.py) --
     heads_epochs: Optional[int] = None  # heads-only epochs after the joint ones; None = auto_heads_epochs
     heads_lr: Optional[float] = None  # their lr, cosine to 0; None = the heads-only rate (0.1 per 256 images)
-    heads_last: bool = False  # the heads phase also re-fits the deepest exit's classifier on the frozen features
+    heads_last: bool = True  # the heads phase also trains the backbone past the last split (deepest exit only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,18 +170,18 @@ def _check(rule, value) -> Optional[str]:
     return None if isinstance(value, list) and all(checks(v) for v in value) else f"a list of {what}, e.g. [...]"
 
 
-# heads-only epochs added after joint training when the recipe leaves heads_epochs unset (issue 22).
-# Off by default: 3 after 10 joint epochs raised every shallow exit over joint SCAN on digits and
-# Fashion-MNIST for 1.05-1.2x the time, but the deepest exit stays joint's, which on Fashion-MNIST
-# misses issue 22's deepest-exit goals (bench/results/quality.md). 0.3 (capped at 5) is the setting
-# to switch on once the deepest exit is fixed.
-AUTO_HEADS_FRACTION, AUTO_HEADS_MAX = 0.0, 5
+# heads-only epochs added after joint training when the recipe leaves heads_epochs unset (issue 22):
+# 0.3 of the joint epochs, rounded, at most 5, none for runs of up to 3 epochs (smoke runs stay as
+# short as asked). With the ensemble teacher and heads_last (both defaults for joint training) it
+# raised every exit over joint SCAN, the deepest one included (bench/results/quality.md).
+AUTO_HEADS_FRACTION, AUTO_HEADS_MAX = 0.3, 5
 
 
 def auto_heads_epochs(epochs: int, mode: str) -> int:
-    """The default length of the heads phase: none in heads mode (the whole run is heads-only);
-    none for runs of up to 3 epochs (floor), so smoke runs stay as short as asked."""
-    return min(AUTO_HEADS_MAX, int(AUTO_HEADS_FRACTION * epochs)) if mode == "joint" else 0
+    """The default length of the heads phase: none in heads mode (the whole run is heads-only)."""
+    if mode != "joint" or epochs <= 3:
+        return 0
+    return min(AUTO_HEADS_MAX, int(AUTO_HEADS_FRACTION * epochs + 0.5))
 
 
 def loss_settings(recipe: Recipe, num_shallow: int = 3) -> dict:
@@ -241,6 +241,10 @@ def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, nu
     if recipe.hflip is None:
         changes["hflip"] = not any(data == d or data.startswith(d + "-") for d in NO_FLIP_DATA)
     changes.update({k: v for k, v in loss_settings(recipe, num_shallow).items() if getattr(recipe, k) is None})
+    if recipe.kd_teacher is None and recipe.loss == "scan" and mode == "joint":
+        # joint training from scratch: the ensemble of exits teaches every exit, the deepest one too;
+        # it starts as the weakest exit on small data. A trained backbone's deepest exit stays the teacher.
+        changes["kd_teacher"] = "ensemble"
     # the heads phase: only after joint training (a heads-only run is all heads phase)
     if recipe.heads_epochs is None or mode != "joint":
         changes["heads_epochs"] = auto_heads_epochs(recipe.epochs, mode) if mode == "joint" else 0
@@ -272,14 +276,16 @@ def describe(recipe: Recipe, name: Optional[str], asked_batch: Optional[int] = N
     if recipe.schedule != "cosine" and recipe.warmup_epochs:
         sched = f"{recipe.warmup_epochs:g} warm-up epoch(s), then {sched}"
     aug = {"pad_crop": "pad-and-crop", "rrc": "random-resized-crop", "none": "no augmentation"}[recipe.augment]
-    kd = (f"KD lambda {recipe.kd_lambda:g} T {recipe.temperature:g}" + (f" ramped over {recipe.kd_ramp:.0%}" if recipe.kd_ramp else "")
-          if recipe.kd else "no KD")
+    kd = (f"KD lambda {recipe.kd_lambda:g} T {recipe.temperature:g} from the "
+          + ("ensemble" if recipe.kd_teacher == "ensemble" else "deepest exit")
+          + (f" ramped over {recipe.kd_ramp:.0%}" if recipe.kd_ramp else "") if recipe.kd else "no KD")
     batch = f"{recipe.batch_size}" + (f" (the whole training set; {asked_batch} asked)"
                                       if asked_batch and asked_batch > recipe.batch_size else "")
     return (f"recipe {name or 'defaults'}: {recipe.epochs} epochs, batch {batch}, {recipe.optimizer} lr {recipe.lr:g} "
             f"wd {recipe.weight_decay:g}, {sched}; {aug} at {recipe.img_size} px{', flip' if recipe.hflip else ', no flip'}; "
             f"mode {recipe.mode}; loss {recipe.loss} ({kd}, exit grad {recipe.exit_grad:g})" +
-            (f"; then {recipe.heads_epochs} heads-only epoch(s) at lr {recipe.heads_lr:g}" if recipe.heads_epochs else ""))
+            (f"; then {recipe.heads_epochs} heads-only epoch(s) at lr {recipe.heads_lr:g}"
+             + (" (and the backbone past the last split)" if recipe.heads_last else "") if recipe.heads_epochs else ""))
 
 
 FIELDS = {f.name for f in fields(Recipe)}
