@@ -36,7 +36,7 @@ def fit_command(
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from timm's hub weights."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights you have: .safetensors, a state_dict or a timm train.py checkpoint (never unpickled)."),
     ema: bool = typer.Option(False, "--ema", help="With --weights: take the checkpoint's EMA weights (state_dict_ema)."),
-    kd: Optional[bool] = typer.Option(None, "--kd/--no-kd", help="Distillation from the deepest exit."),
+    kd: Optional[bool] = typer.Option(None, "--kd/--no-kd", help="Distillation (from the ensemble of exits by default for joint training, else the deepest exit)."),
     feature_hint: Optional[bool] = typer.Option(None, "--hint/--no-hint", help="Feature-hint loss."),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Attention modules on the exits."),
     heads: Optional[str] = typer.Option(None, "--heads", help="slim (default, cheap) | paper (full-width attention)."),
@@ -52,7 +52,7 @@ def fit_command(
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as JSON and exit."),
     as_json: bool = JSON,
 ):
-    """Train SCAN exits: attention + bottleneck head per split, distilled from the deepest exit."""
+    """Train SCAN exits: attention + bottleneck head per split, with distillation (see README: Loss)."""
     from ..runs import check_new_run_dir
     from ..training.checkpoints import read_checkpoint_recipe
     from ..training.loop import FitOptions, fit
