@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import copy_of, make_color_folder, without_run_line  # noqa: E402
 from test_data import hf_dataset, png_bytes  # noqa: E402
 
+from scan_cli.errors import ScanError  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
@@ -157,9 +159,10 @@ def test_streamed_examples_added_since_fit_stay_out_of_validation(tmp_path, hf_c
     from scan_cli.data.holdout import in_stream_holdout
     from scan_cli.data.membership import example_key
 
+    N = 80  # about 20 validation rows: one missing stays above the 90 % floor
     (tmp_path / "p").mkdir()
     file = tmp_path / "p" / "x.parquet"
-    hf_dataset(40).to_parquet(str(file))
+    hf_dataset(N).to_parquet(str(file))
     run = _fit(str(file), tmp_path / "run", val_fraction=0.25, streaming=True)
     info = read_info(run / "model.safetensors")
 
@@ -173,18 +176,20 @@ def test_streamed_examples_added_since_fit_stay_out_of_validation(tmp_path, hf_c
     raw = new.cast_column("image", datasets.Image(decode=False))["image"]
     added = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in raw)
     assert added > 0  # some new rows hash onto the validation side
-    datasets.concatenate_datasets([new, hf_dataset(40)]).to_parquet(str(file))
+    datasets.concatenate_datasets([new, hf_dataset(N)]).to_parquet(str(file))
     assert val_items() == before
     assert any(f"{added} example(s) added" in m for m in scan_log), scan_log
     doc = json.loads((run / "holdout.json").read_text())
-    assert doc["match"] == "stream" and len(doc["val"]) == len(before) and doc["train"]["count"] == 40 - len(before)
-    old = hf_dataset(40).cast_column("image", datasets.Image(decode=False))["image"]
-    gone = sum(in_stream_holdout(example_key(v), 0.25, 1) for v in old[:20])
-    assert gone > 0
-    hf_dataset(40).select(range(20, 40)).to_parquet(str(file))  # the first half removed
+    assert doc["match"] == "stream" and len(doc["val"]) == len(before) and doc["train"]["count"] == N - len(before)
+    old = hf_dataset(N).cast_column("image", datasets.Image(decode=False))["image"]
+    on_val = [i for i, v in enumerate(old) if in_stream_holdout(example_key(v), 0.25, 1)]
+    hf_dataset(N).select([i for i in range(N) if i != on_val[0]]).to_parquet(str(file))  # one removed
     later = val_items()
-    assert len(later) == len(before) - gone and set(later) <= set(before)
-    assert any(f"{gone} of the {len(before)} examples 'scan fit' held out are missing" in m for m in scan_log), scan_log
+    assert len(later) == len(before) - 1 and set(later) <= set(before)
+    assert any(f"1 of the {len(before)} examples 'scan fit' held out are missing" in m for m in scan_log), scan_log
+    hf_dataset(N).select(range(N // 2, N)).to_parquet(str(file))  # the first half removed: below the floor
+    with pytest.raises(ScanError, match="below the 90% floor"):
+        val_items()
 
 
 def test_a_relative_data_path_means_the_recorded_folder_from_anywhere(tmp_path, monkeypatch, run_cli):

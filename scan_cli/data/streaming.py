@@ -22,10 +22,11 @@ import copy
 import logging
 import os
 
+from ..errors import ScanError
 from .images import describe_error, draft_size
 from .dataset import Skipped, value_to_pil
 from .holdout import in_stream_holdout
-from .membership import example_key, row_fingerprint
+from .membership import FLOOR, example_key, row_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,10 @@ def _build_streaming_class():
                             "(validation is what fit held out)")
             whole = torch.utils.data.get_worker_info() is None and self.world_size == 1
             missing = len(self.members) - len(seen)
+            if whole and len(seen) < FLOOR * len(self.members):  # the same floor as folders and rows
+                raise ScanError(f"only {len(seen)} of the {len(self.members)} validation examples 'scan fit' held out "
+                                f"are still in the stream unchanged, below the {FLOOR:.0%} floor: restore the data "
+                                "as it was, or calibrate on other labelled data with --data DIR")
             if whole and missing:
                 log.warning(f"validation: {missing} of the {len(self.members)} examples 'scan fit' held out are "
                             f"missing or changed: calibrating on the {len(seen)} still there")
