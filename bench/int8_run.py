@@ -113,7 +113,7 @@ def files_case(run_dir: Path, f32: Path, i8: Path, policies: dict, batch: int, r
     import numpy as np
     import onnxruntime as ort
 
-    from bench_predict import test_files
+    from bench_predict import interleaved, test_files
     from scan_cli.inference.onnx_engine import Cascade, predict_paths, session_options
     from scan_cli.inference.plan import workers_for
     from scan_cli.inference.preprocess import Preprocessing, batches
@@ -151,14 +151,7 @@ def files_case(run_dir: Path, f32: Path, i8: Path, policies: dict, batch: int, r
     fns = {"plain float32": plain_fn("float32"), "cascade float32": cascade_fn("float32"),
            "plain int8": plain_fn("int8"), "cascade int8": cascade_fn("int8")}
     load_start = load()
-    for fn in fns.values():  # warm-up: sessions, page cache
-        fn()
-    times, outs = {k: [] for k in fns}, {}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            outs[k] = fn()
-            times[k].append(time.perf_counter() - t)
+    times, outs = interleaved(fns, repeats)  # a warm-up call each (sessions, page cache), then rounds
     load_mid = load()
     rows = {}
     y = np.asarray(labels)

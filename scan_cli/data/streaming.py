@@ -88,14 +88,18 @@ def _build_streaming_class():
             """Every image value (undecoded) this split gives, in stream order, nothing decoded: what
             fit records as a streamed validation's membership."""
             for example in self.hf:
-                label = example[self.label_column]
-                if self.label_map is not None:
-                    label = self.label_map.get(label, -1)
-                if label is None or int(label) < 0:
-                    continue
-                value = example[self.image_column]
-                if self.holdout is None or self._in_side(value):
-                    yield value
+                labelled = self._labelled(example)
+                if labelled is not None and (self.holdout is None or self._in_side(labelled[0])):
+                    yield labelled[0]
+
+        def _labelled(self, example):
+            """(image value, class index) of one example, or None when it has no usable label."""
+            label = example[self.label_column]
+            if self.label_map is not None:
+                label = self.label_map.get(label, -1)
+            if label is None or int(label) < 0:
+                return None
+            return example[self.image_column], int(label)
 
         def _in_side(self, value) -> bool:
             fraction, seed, side = self.holdout
@@ -114,12 +118,10 @@ def _build_streaming_class():
             draft = draft_size(self.transform)
             added, seen = 0, set()
             for example in ds:
-                label = example[self.label_column]
-                if self.label_map is not None:
-                    label = self.label_map.get(label, -1)
-                if label is None or int(label) < 0:
+                labelled = self._labelled(example)
+                if labelled is None:
                     continue
-                value = example[self.image_column]
+                value, label = labelled
                 if self.holdout is not None and not self._in_side(value):
                     continue
                 if self.members is not None:
