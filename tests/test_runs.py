@@ -110,7 +110,12 @@ def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeyp
             return real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", fsync)
-    code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.01")
+    # Python's own handler, whatever pytest inherited (a background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.01")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and without_run_line(err).strip() == "interrupted" and out == ""
     assert (run / "model.safetensors").read_bytes() == before
     assert not list(run.rglob("*.tmp-*"))
