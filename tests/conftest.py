@@ -113,3 +113,24 @@ def without_run_line(err: str) -> str:
     says which): what is left of a failure must be one line."""
     lines = err.splitlines(keepends=True)
     return "".join(lines[1:]) if lines and lines[0].startswith("run ") else err
+
+
+def tiny_calibrated_model(num_splits: int, thresholds: list):
+    """(model, info): test_resnet at 16 px with ``num_splits`` exits' split points, 3 classes, random
+    weights (seed 0) and ``thresholds`` stored as its calibration; for export tests."""
+    import torch
+
+    from scan_cli import artifact
+    from scan_cli.backbones.registry import default_registry
+    from scan_cli.model import HeadConfig, build_scan_model
+
+    torch.manual_seed(0)
+    registry = default_registry()
+    spec = registry.get("test_resnet")
+    model = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=16,
+                             split_modules=[s.module for s in spec.split_points][:num_splits]).eval()
+    config = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "crop_pct": 1.0,
+              "crop_mode": "center", "input_size": [3, 16, 16]}
+    info = artifact.info_for(model, spec, registry, classes=["a", "b", "c"], data_config=config, input_size=16)
+    info.calibration = {"thresholds": list(thresholds), "score": "max_softmax", "fallback": "last"}
+    return model, info

@@ -29,20 +29,11 @@ RAW = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback")
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """A 3-exit test_resnet export (16 px, every head, thresholds that fire) and a few images."""
+    from conftest import tiny_calibrated_model
     from scan_cli import artifact
-    from scan_cli.backbones.registry import default_registry
     from scan_cli.inference.export import export_model
-    from scan_cli.model import HeadConfig, build_scan_model
 
-    torch.manual_seed(0)
-    registry = default_registry()
-    spec = registry.get("test_resnet")
-    model = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=16,
-                             split_modules=[s.module for s in spec.split_points][:2]).eval()
-    config = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "crop_pct": 1.0,
-              "crop_mode": "center", "input_size": [3, 16, 16]}
-    info = artifact.info_for(model, spec, registry, classes=["a", "b", "c"], data_config=config, input_size=16)
-    info.calibration = {"thresholds": [0.5, 0.6, None], "score": "max_softmax", "fallback": "last"}
+    model, info = tiny_calibrated_model(2, [0.5, 0.6, None])
     root = tmp_path_factory.mktemp("export")
     export_model(model, info, root / "good")
     artifact.save(model, info, root / "run" / "model.safetensors")

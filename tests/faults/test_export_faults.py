@@ -48,20 +48,11 @@ def digest(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """A 2-exit run (random weights, calibrated) and an earlier export of it with full.onnx."""
+    from conftest import tiny_calibrated_model
     from scan_cli import artifact
-    from scan_cli.backbones.registry import default_registry
     from scan_cli.inference.export import export_model
-    from scan_cli.model import HeadConfig, build_scan_model
 
-    torch.manual_seed(0)
-    registry = default_registry()
-    spec = registry.get("test_resnet")
-    model = build_scan_model(spec, num_classes=3, head=HeadConfig.preset("slim"), input_size=16,
-                             split_modules=[spec.split_points[0].module]).eval()
-    config = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "crop_pct": 1.0,
-              "crop_mode": "center", "input_size": [3, 16, 16]}
-    info = artifact.info_for(model, spec, registry, classes=["a", "b", "c"], data_config=config, input_size=16)
-    info.calibration = {"thresholds": [0.5, None], "score": "max_softmax", "fallback": "last"}
+    model, info = tiny_calibrated_model(1, [0.5, None])
     root = tmp_path_factory.mktemp("export-faults")
     run = root / "run"
     artifact.save(model, info, run / "model.safetensors")
