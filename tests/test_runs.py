@@ -116,7 +116,10 @@ def test_ctrl_c_elsewhere_is_one_line_and_exit_130(run_cli, trained_run, monkeyp
         code, out, err = run_cli("calibrate", "--run", str(run), "--max-drop", "0.01")
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert code == 130 and without_run_line(err).strip() == "interrupted" and out == ""
+    # a warning calibrate gave before the interrupt may stand above it (whether the tiny run's deepest
+    # exit is its weakest varies with the CPU's float sums); the failure itself is one line
+    failure = [line for line in without_run_line(err).splitlines() if not line.startswith("warning: ")]
+    assert code == 130 and failure == ["interrupted"] and out == ""
     assert (run / "model.safetensors").read_bytes() == before
     assert not list(run.rglob("*.tmp-*"))
 
