@@ -166,3 +166,11 @@ def test_no_run_names_the_fix(run_cli):
 def test_unknown_head_preset(run_cli):
     code, _, err = _run(run_cli, "test_resnet", "--heads", "huge", "--no-latency")
     assert code == 2 and "slim" in err
+
+
+def test_head_preset_names_match_the_presets_built():
+    """--heads is checked against recipes.HEAD_PRESETS before torch loads; model.HeadConfig builds them."""
+    from scan_cli.model import HeadConfig
+    from scan_cli.training.recipes import HEAD_PRESETS
+
+    assert tuple(HeadConfig.PRESETS) == HEAD_PRESETS

@@ -35,6 +35,12 @@ CASES = [
     (["predict", "{tmp}", "--run", "{tmp}/missing", "--device", "bogus"], "--device"),
     (["predict", "{tmp}", "--run", "{tmp}/missing", "--csv", "{tmp}"], "--csv"),
     (["export", "--run", "{tmp}/missing", "--opset", "5"], "--opset"),
+    # scan profile's flags: refused before the backbone is built (NaN and a negative time limit ran)
+    (["profile", "test_resnet", "--heads", "bogus"], "--heads"),
+    (["profile", "test_resnet", "--max-seconds", "nan"], "--max-seconds"),
+    (["profile", "test_resnet", "--max-seconds", "-1"], "--max-seconds"),
+    (["profile", "test_resnet", "--cascade-images", "0"], "--cascade-images"),
+    (["profile", "test_resnet", "--device", "bogus"], "--device"),
 ]
 
 

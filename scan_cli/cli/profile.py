@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..devices import keep_freed_memory, resolve_device, use_channels_last
+from ..devices import check_device, keep_freed_memory, resolve_device, use_channels_last
 from ..errors import UsageError
 from ._options import DEVICE, JSON, RUN
 
@@ -42,6 +42,15 @@ def profile_command(
         raise UsageError(f"--warmup must be 0 or more, got {warmup}")
     if channels_last not in ("auto", "on", "off"):
         raise UsageError(f"--channels-last '{channels_last}': use auto, on or off")
+    if max_seconds is not None and not max_seconds > 0:  # NaN fails this too
+        raise UsageError(f"--max-seconds must be more than 0, got {max_seconds}")
+    if cascade_images < 1:
+        raise UsageError(f"--cascade-images must be at least 1, got {cascade_images}")
+    from ..training.recipes import HEAD_PRESETS
+
+    if heads not in HEAD_PRESETS:
+        raise UsageError(f"--heads '{heads}': use one of {', '.join(HEAD_PRESETS)}")
+    check_device(device)
 
     from .. import profiling
 

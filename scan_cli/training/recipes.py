@@ -13,6 +13,9 @@ from typing import Optional
 
 from ..errors import ScanError, UsageError
 
+# the exit-head presets (model.HeadConfig.PRESETS builds them; named here so flags are checked without torch)
+HEAD_PRESETS = ("slim", "paper")
+
 
 # What the exits learn from (see ``scan_cli.training.scan_loss``). ``paper`` is the official code's
 # loss, kept for reproduction. ``scan`` (the default) distils 5x more gently: with lambda = 0.5 each
@@ -121,7 +124,7 @@ RULES = {
     "attention": ("bool", False), "kd_lambda": _num(0, 1, none=True), "temperature": _num(0, low_in=False, none=True),
     "hint_weight": _num(0, none=True), "kd_ramp": _num(0, 1, none=True), "exit_weights": ("list[num]", True),
     "exit_grad": _num(0, 1, none=True), "kd_teacher": ("choice", (None, "last", "ensemble")),
-    "last_weight": _num(0, low_in=False, none=True), "heads": ("choice", ("slim", "paper")),
+    "last_weight": _num(0, low_in=False, none=True), "heads": ("choice", HEAD_PRESETS),
     "head_width": _int(1, none=True), "splits": ("list[str]", True), "val_fraction": _num(0, 1, False, False),
     "seed": _int(0), "workers": _int(0, none=True), "amp": ("choice", ("auto", "bf16", "fp16", "off")),
     "channels_last": ("choice", ("auto", "on", "off")), "label_smoothing": _num(0, 1, high_in=False),
