@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_backbones_json(run_cli):
     code, out, err = run_cli("backbones", "--json")
@@ -37,6 +39,21 @@ def test_unknown_backbone_is_one_line_exit_1(run_cli):
 def test_usage_error_exit_2(run_cli):
     code, _, err = run_cli("backbones", "--no-such-flag")
     assert code == 2 and "No such option" in err
+
+
+@pytest.mark.parametrize("args,says", [
+    (("backbones", "--no-such-flag"), "No such option: --no-such-flag"),
+    (("predict", "x.png", "--top-k", "0"), "'--top-k'"),
+    (("predict", "x.png", "--batch-size", "abc"), "'--batch-size'"),
+    (("calibrate", "--max-drop", "much"), "'--max-drop'"),
+    (("predict",), "INPUTS"),
+])
+def test_a_parse_error_is_one_line_naming_the_help(run_cli, args, says):
+    """click's own parse errors (types, ranges, unknown flags, missing arguments) are one line too,
+    naming the command's --help, instead of a usage block."""
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: ") and says in err and f"'scan {args[0]} --help'" in err
 
 
 def test_check_exit_code(run_cli):

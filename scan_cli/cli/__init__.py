@@ -26,6 +26,21 @@ app = typer.Typer(
 )
 
 
+def _one_line(self, file=None) -> None:
+    """click's parse errors (a bad type or range, an unknown flag, a missing argument) as one line
+    naming the command's --help, like every other error here, instead of click's usage block."""
+    where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+    (file or sys.stderr).write(f"error: {self.format_message()}{where}\n")
+
+
+# typer shows parse errors with their class's show() (rich_markup_mode=None above). The class is
+# click's UsageError, or typer's vendored copy of it: reached through the public typer.BadParameter.
+# Subclasses that override show() (the help printed for a bare `scan`) keep theirs.
+_usage_error = typer.BadParameter.__bases__[0]
+if _usage_error.__name__ == "UsageError":
+    _usage_error.show = _one_line
+
+
 def _version(value: bool):
     if value:
         print(f"scan {__version__}")
