@@ -173,9 +173,18 @@ def goals_default(name: str, results: dict) -> list[str]:
          f"deepest exit {mean('default', K - 1):.2f}, best single exit {best + 1} at {mean('default', best):.2f} (goal: within 1)")
     line(mean("default", K - 1) >= mean("plain", K - 1) + 0.5,
          f"deepest exit {mean('default', K - 1):.2f} vs plain {mean('plain', K - 1):.2f} (goal: plain + 0.5)")
-    ratio = statistics.mean(d["seconds"] for d in results["default"]) / statistics.mean(d["seconds"] for d in results["scan"])
-    line(ratio <= 1.3, f"time {ratio:.2f}x joint SCAN's for the same backbone epochs (goal <= 1.3x)")
+    ratios = [phase_time_ratio(d) for d in results["default"]]
+    line(max(ratios) <= 1.3, f"time {min(ratios):.2f}-{max(ratios):.2f}x joint SCAN's for the same backbone epochs "
+         "(all epochs / the joint ones, within each run) (goal <= 1.3x)")
     return out
+
+
+def phase_time_ratio(doc: dict) -> float:
+    """A run's training time over its joint epochs' time: what the heads phase adds to joint SCAN's
+    time for the same backbone epochs. Taken within one run, so other load on the machine cancels
+    (wall time per run across runs does not: processes run 2 at a time next to others)."""
+    joint = sum(h["seconds"] for h in doc["history"] if h.get("phase") == "joint")
+    return sum(h["seconds"] for h in doc["history"]) / joint
 
 
 def run(quick: bool = False, seeds=(0, 1, 2), jobs: int = 2, keep: Path | None = None,

@@ -20,3 +20,17 @@ def test_int8_benchmark_is_wired(monkeypatch, tmp_path):
         assert cmd[:2] == [sys.executable, str(ROOT / "bench" / "bench_int8.py")]
         assert cmd[cmd.index("--out") + 1] == str(tmp_path / "int8.md") and "--quick" in cmd
         assert ("--run" in cmd) == (run is not None) and (run is None or cmd[cmd.index("--run") + 1] == str(run))
+
+
+def test_quality_time_goal_is_taken_within_each_run(monkeypatch):
+    """Issue 22's time goal: all epochs over the joint ones, per run, so other load cancels."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.bench_quality import goals_default, phase_time_ratio
+
+    doc = {"history": [{"phase": "joint", "seconds": 10.0}] * 4 + [{"phase": "heads", "seconds": 5.0}] * 2,
+           "test": {"exits": [0.9, 0.95, 0.93, 0.92]}}
+    assert phase_time_ratio(doc) == 1.25
+    slow = dict(doc, history=doc["history"] + [{"phase": "heads", "seconds": 5.0}] * 2)  # 1.5x
+    ref = {"scan": [doc], "heads": [doc], "plain": [doc]}
+    assert goals_default("x", {**ref, "default": [doc]})[-1].startswith("- met: time 1.25-1.25x")
+    assert goals_default("x", {**ref, "default": [doc, slow]})[-1].startswith("- **not met**: time 1.25-1.50x")
