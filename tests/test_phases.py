@@ -130,7 +130,11 @@ def test_resolve_fills_the_phase_keys():
     assert resolve(Recipe(epochs=10, kd_teacher="last"), img_size=16, mode="joint").kd_teacher == "last"
     paper = Path(__file__).resolve().parents[1] / "recipes" / "cifar100-resnet18-paper.toml"
     assert load_recipe(str(paper)).heads_epochs == 0  # the paper's schedule, exactly
-    assert joint.heads_lr == pytest.approx(0.1 * 128 / 256)  # the heads-only rate for the global batch
+    # the heads phase restarts at the joint phase's peak rate (whatever set it); heads-only keeps its own
+    assert joint.heads_lr == joint.lr == pytest.approx(0.4 * 128 / 256)
+    assert resolve(Recipe(epochs=10, lr=0.05), img_size=16, mode="joint").heads_lr == 0.05
+    adamw = resolve(Recipe(epochs=10, optimizer="adamw"), img_size=16, mode="joint")
+    assert adamw.heads_lr == adamw.lr == pytest.approx(1e-3 * 64 / 256)
     assert resolve(Recipe(heads_epochs=4, heads_lr=0.3), img_size=16, mode="joint").heads_epochs == 4
 
 

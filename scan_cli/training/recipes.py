@@ -82,7 +82,7 @@ class Recipe:
     label_smoothing: float = 0.0
     # -- the heads-only phase after joint training (issue 22; training/phases.py) --
     heads_epochs: Optional[int] = None  # heads-only epochs after the joint ones; None = auto_heads_epochs
-    heads_lr: Optional[float] = None  # their lr, cosine to 0; None = the heads-only rate (0.1 per 256 images)
+    heads_lr: Optional[float] = None  # their lr, cosine to 0; None = the joint phase's lr (its peak)
     heads_last: bool = True  # the heads phase also trains the backbone past the last split (deepest exit only)
 
     def to_dict(self) -> dict:
@@ -253,7 +253,10 @@ def resolve(recipe: Recipe, *, img_size: int, mode: str, world_size: int = 1, nu
     if recipe.heads_epochs is None or mode != "joint":
         changes["heads_epochs"] = auto_heads_epochs(recipe.epochs, mode) if mode == "joint" else 0
     if recipe.heads_lr is None:
-        changes["heads_lr"] = round(base_lr_per_256(recipe, "heads") * global_batch / 256, 6)
+        # a warm restart at the joint peak: the deepest exit is still under-fitted when joint training
+        # ends, and the last section learns at this rate; the quarter rate of a heads-only run left every
+        # exit lower (Fashion-MNIST, bench/results/quality.md, issue 22)
+        changes["heads_lr"] = changes.get("lr", recipe.lr)
     resolved = replace(recipe, **changes)
     resolved.validate()
     return resolved
