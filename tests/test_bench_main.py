@@ -34,3 +34,20 @@ def test_quality_time_goal_is_taken_within_each_run(monkeypatch):
     ref = {"scan": [doc], "heads": [doc], "plain": [doc]}
     assert goals_default("x", {**ref, "default": [doc]})[-1].startswith("- met: time 1.25-1.25x")
     assert goals_default("x", {**ref, "default": [doc, slow]})[-1].startswith("- **not met**: time 1.25-1.50x")
+
+
+def test_quality_compares_the_deepest_exit_with_the_plain_backbone_trained_the_same_way(monkeypatch):
+    """With the plain backbone's last section at 4x lr in the results, issue 22's plain + 0.5 goal is
+    also checked against it (the default trains that section at 4x too)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.bench_quality import goals_default
+
+    def run(deepest):
+        return {"history": [{"phase": "joint", "seconds": 1.0}], "test": {"exits": [0.9, 0.9, 0.9, deepest]}}
+
+    base = {"scan": [run(0.9)], "heads": [run(0.9)], "plain": [run(0.85)], "default": [run(0.9)]}
+    assert not any("4x lr" in line for line in goals_default("x", base))
+    met = [line for line in goals_default("x", {**base, "plain4": [run(0.894)]}) if "4x lr" in line]
+    assert len(met) == 1 and met[0].startswith("- met:") and "89.40" in met[0]
+    missed = [line for line in goals_default("x", {**base, "plain4": [run(0.896)]}) if "4x lr" in line]
+    assert len(missed) == 1 and missed[0].startswith("- **not met**")

@@ -38,7 +38,8 @@ def _fit_saving_checkpoints(recipe, out, keep):
 
 
 def test_heads_phase_keeps_backbone_and_bn_statistics_and_resets_the_optimiser(folder, tmp_path):
-    recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=2, heads_last=False)
+    # one optimiser group (last_lr_scale 1), so the state's indices are model.parameters()'s order
+    recipe = tiny_recipe(data=str(folder), epochs=1, heads_epochs=2, heads_last=False, last_lr_scale=1.0)
     summary = _fit_saving_checkpoints(recipe, tmp_path / "run", tmp_path / "ck")
     assert [h["phase"] for h in summary["history"]] == ["joint", "heads", "heads"]
     joint, meta1 = _checkpoint(tmp_path / "ck" / "epoch1.safetensors")
@@ -70,9 +71,10 @@ def _param_names(run_dir):
     return [n for n, _ in model.named_parameters()]
 
 
-@pytest.mark.parametrize("stop", [1, 2, 3])  # in the joint phase, at the switch, in the heads phase
-def test_resume_in_either_phase_gives_the_uninterrupted_weights(folder, tmp_path, stop):
-    recipe = tiny_recipe(data=str(folder), epochs=2, heads_epochs=2)
+# stop: in the joint phase, at the switch, in the heads phase; scale: last_lr_scale (a second optimiser group)
+@pytest.mark.parametrize("stop,scale", [(1, 1.0), (2, 1.0), (3, 1.0), (1, 3.0), (3, 3.0)])
+def test_resume_in_either_phase_gives_the_uninterrupted_weights(folder, tmp_path, stop, scale):
+    recipe = tiny_recipe(data=str(folder), epochs=2, heads_epochs=2, last_lr_scale=scale)
     straight = tmp_path / "straight"
     fit(FitOptions(backbone="resnet10_cifar", recipe=recipe, out=straight))
 
@@ -92,8 +94,14 @@ def test_resume_in_either_phase_gives_the_uninterrupted_weights(folder, tmp_path
 
 
 def test_a_run_from_before_the_heads_phase_resumes_without_one():
-    assert phases.as_trained(Recipe(epochs=10)).heads_epochs == 0
-    assert phases.as_trained(Recipe(epochs=10, heads_epochs=3)).heads_epochs == 3
+    old = Recipe(epochs=10)  # a checkpoint's recipe from before heads_epochs and last_lr_scale
+    assert phases.as_trained(Recipe(epochs=10), old).heads_epochs == 0
+    assert phases.as_trained(Recipe(epochs=10), old).last_lr_scale == 1.0  # one optimiser group, as it trained
+    assert phases.as_trained(Recipe(epochs=10, heads_epochs=3), old).heads_epochs == 3
+    # an API caller's unresolved recipe resumes with what the run resolved (its checkpoint's values)
+    new = Recipe(epochs=10, heads_epochs=3, last_lr_scale=4.0)
+    assert phases.as_trained(Recipe(epochs=10), new).last_lr_scale == 4.0
+    assert phases.as_trained(Recipe(epochs=10), new).heads_epochs == 3
 
 
 def test_a_run_in_its_heads_phase_cannot_grow_joint_epochs():
@@ -125,6 +133,11 @@ def test_resolve_fills_the_phase_keys():
     assert heads.heads_epochs == 0  # a heads-only run is all heads phase
     joint = resolve(Recipe(epochs=10), img_size=16, mode="joint", world_size=2)
     assert joint.heads_epochs == 3 and joint.heads_last  # on by default for joint training (issue 22)
+    # the last section's rate: 4x in joint training from scratch on small images with the scan loss
+    assert joint.last_lr_scale == 4.0 and heads.last_lr_scale == 1.0
+    assert resolve(Recipe(epochs=10), img_size=224, mode="joint").last_lr_scale == 1.0  # not measured there
+    assert resolve(Recipe(epochs=10, loss="paper"), img_size=16, mode="joint").last_lr_scale == 1.0
+    assert resolve(Recipe(epochs=10, last_lr_scale=2.5), img_size=224, mode="joint").last_lr_scale == 2.5
     assert joint.kd_teacher == "ensemble" and heads.kd_teacher == "last"  # a trained backbone's deepest exit teaches
     assert resolve(Recipe(epochs=10, loss="paper"), img_size=16, mode="joint").kd_teacher == "last"  # the paper's
     assert resolve(Recipe(epochs=10, kd_teacher="last"), img_size=16, mode="joint").kd_teacher == "last"
@@ -140,7 +153,8 @@ def test_resolve_fills_the_phase_keys():
 
 @pytest.mark.parametrize("key,value", [("heads_epochs", -1), ("heads_epochs", 1.5), ("heads_epochs", True),
                                        ("heads_epochs", "3"), ("heads_lr", 0), ("heads_lr", -0.1),
-                                       ("heads_lr", "fast"), ("heads_lr", float("nan")), ("heads_last", "yes")])
+                                       ("heads_lr", "fast"), ("heads_lr", float("nan")), ("heads_last", "yes"),
+                                       ("last_lr_scale", 0), ("last_lr_scale", float("inf")), ("last_lr_scale", "2")])
 def test_bad_phase_keys_are_usage_errors(key, value):
     with pytest.raises(UsageError, match=key):
         load_recipe(None, {key: value})
@@ -169,6 +183,30 @@ def test_heads_last_trains_the_last_section_only(folder, tmp_path):
     for k in final:
         if k.startswith("backbone.") and k not in last:
             assert torch.equal(final[k], joint[f"model.{k}"]), k
+
+
+def test_last_lr_scale_gives_the_last_section_its_own_rate_in_joint_training_only():
+    from scan_cli.model import build_bare_model
+    from scan_cli.training.loop import _train_step
+
+    model, size = build_bare_model("resnet10_cifar", 16, num_classes=3)
+    last = {id(p) for m in phases.deepest_only_modules(model, size) for p in m.parameters(recurse=False)}
+    groups = phases.param_groups(model, Recipe(last_lr_scale=3.0), "joint", size)
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 3.0]
+    assert {id(p) for p in groups[1]["params"]} == last and not last & {id(p) for p in groups[0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(phases.param_groups(model, Recipe(), "joint", size)) == 1  # the default: one rate
+    assert len(phases.param_groups(model, Recipe(last_lr_scale=3.0), "heads", size)) == 1  # heads-only run
+
+    recipe = resolve(Recipe(last_lr_scale=3.0, epochs=2), img_size=size, mode="joint")
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    model.train()
+    _train_step(model, torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 0]), optimizer, 0.05, recipe,
+                torch.device("cpu"), None, None, False)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.05), pytest.approx(0.15)]
+    # the heads phase: every learning parameter at heads_lr
+    phases.enter_heads_phase(model, optimizer, recipe.epochs, recipe, lambda m: m, size)
+    assert [g["lr_scale"] for g in optimizer.param_groups] == [1.0, 1.0]
 
 
 def test_deepest_only_modules_are_the_ones_past_the_last_split():

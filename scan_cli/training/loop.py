@@ -78,7 +78,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
 
     if opts.resume:
         check_resumable(Path(opts.resume), recipe)
-        recipe = phases.as_trained(recipe)
+        recipe = phases.as_trained(recipe, read_checkpoint_recipe(opts.resume)[0])
     registry = default_registry()
     spec = _backbone_spec(registry, opts)
     mode = resolve_mode(recipe, opts.weights is not None)
@@ -116,7 +116,7 @@ def fit(opts: FitOptions, on_epoch=None) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = phases.param_groups(model, recipe, mode, img_size)
     if recipe.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     else:
@@ -402,7 +402,7 @@ def _train_step(train_model, images, labels, optimizer, lr, recipe, device, amp_
     import torch
 
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

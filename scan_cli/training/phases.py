@@ -75,6 +75,17 @@ def deepest_only_modules(model, img_size: int) -> list:
             if id(m) not in seen and any(True for _ in m.parameters(recurse=False))]
 
 
+def param_groups(model, recipe: Recipe, mode: str, img_size: int) -> list:
+    """The optimiser's parameter groups: one, or in joint training with ``last_lr_scale`` != 1 two,
+    the section past the last split (it feeds the deepest exit only) learning at that multiple."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if mode != "joint" or recipe.last_lr_scale in (None, 1.0):
+        return [{"params": params}]
+    last = {id(p) for m in deepest_only_modules(model, img_size) for p in m.parameters(recurse=False)}
+    return [{"params": [p for p in params if id(p) not in last]},
+            {"params": [p for p in params if id(p) in last], "lr_scale": recipe.last_lr_scale}]
+
+
 def set_heads_phase_modes(model, last_section: list) -> None:
     """Train mode for the heads (and ``last_section``), eval mode for the frozen backbone, whose BN
     statistics must stay as joint training left them."""
@@ -98,14 +109,22 @@ def enter_heads_phase(model, optimizer, epoch: int, recipe: Recipe, wrap, img_si
             p.requires_grad_(True)
     if epoch == recipe.epochs:
         optimizer.state.clear()
+    for group in optimizer.param_groups:  # the heads phase has one rate (heads_lr) for all that learns
+        group["lr_scale"] = 1.0
     return wrap(model), last_section
 
 
-def as_trained(recipe: Recipe) -> Recipe:
-    """A run from before the heads phase existed (no heads_epochs in its checkpoint) resumes without one."""
+def as_trained(recipe: Recipe, trained: Recipe) -> Recipe:
+    """The recipe a resumed run continues with: what ``recipe`` leaves unset is what the run trained
+    with (``trained``, from its checkpoint), and a run from before the heads phase or the last
+    section's rate existed (no heads_epochs or last_lr_scale there) resumes as it trained: without them."""
     from dataclasses import replace
 
-    return replace(recipe, heads_epochs=0) if recipe.heads_epochs is None else recipe
+    def kept(key, before):
+        mine, theirs = getattr(recipe, key), getattr(trained, key)
+        return mine if mine is not None else (theirs if theirs is not None else before)
+
+    return replace(recipe, heads_epochs=kept("heads_epochs", 0), last_lr_scale=kept("last_lr_scale", 1.0))
 
 
 def check_resume(history: list, recipe: Recipe) -> None:
