@@ -14,7 +14,7 @@ from test_training import make_folder, tiny_recipe
 from scan_cli.errors import ScanError, UsageError
 from scan_cli.training import phases
 from scan_cli.training.loop import FitOptions, fit
-from scan_cli.training.recipes import Recipe, load_recipe, resolve
+from scan_cli.training.recipes import Recipe, describe, load_recipe, resolve
 from scan_cli.training.schedule import lr_at
 
 
@@ -135,6 +135,7 @@ def test_resolve_fills_the_phase_keys():
     assert joint.heads_epochs == 3 and joint.heads_last  # on by default for joint training (issue 22)
     # the last section's rate: 4x in joint training from scratch on small images with the scan loss
     assert joint.last_lr_scale == 4.0 and heads.last_lr_scale == 1.0
+    assert "past the last split at 4x lr" in describe(joint, None) and "4x" not in describe(heads, None)
     assert resolve(Recipe(epochs=10), img_size=224, mode="joint").last_lr_scale == 1.0  # not measured there
     assert resolve(Recipe(epochs=10, loss="paper"), img_size=16, mode="joint").last_lr_scale == 1.0
     assert resolve(Recipe(epochs=10, last_lr_scale=2.5), img_size=224, mode="joint").last_lr_scale == 2.5
