@@ -41,15 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# the plain backbone: cross-entropy on the last exit only, no heads phase
+PLAIN = {"kd": False, "feature_hint": False, "attention": False, "exit_weights": [0.0, 0.0, 0.0], "heads_epochs": 0}
 VARIANTS = {  # name: (description, recipe keys)
     # heads_epochs = 0 and last_lr_scale = 1: these rows are what they say (the heads phase and the last
     # section's own rate became defaults, issue 22)
-    "plain": ("plain backbone (CE on the last exit only)",
-              {"kd": False, "feature_hint": False, "attention": False, "exit_weights": [0.0, 0.0, 0.0], "heads_epochs": 0,
-               "last_lr_scale": 1.0}),
-    "plain4": ("plain backbone, the last section at 4x lr (`last_lr_scale = 4`)",
-               {"kd": False, "feature_hint": False, "attention": False, "exit_weights": [0.0, 0.0, 0.0], "heads_epochs": 0,
-                "last_lr_scale": 4.0}),
+    "plain": ("plain backbone (CE on the last exit only)", {**PLAIN, "last_lr_scale": 1.0}),
+    "plain4": ("plain backbone, the last section at 4x lr (`last_lr_scale = 4`)", {**PLAIN, "last_lr_scale": 4.0}),
     "ce": ("multi-exit CE (no KD, hint or attention)",
            {"kd": False, "feature_hint": False, "attention": False, "heads_epochs": 0, "last_lr_scale": 1.0}),
     "scan": ("SCAN joint (deepest-exit teacher, no heads phase)",
